@@ -1,0 +1,171 @@
+"""The ``fastvlm`` command: wiring only; every behaviour lives in the packages it calls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import Settings, SettingsError, load_settings
+from .errors import EngineError
+
+__all__ = ["main"]
+
+log = logging.getLogger("fastvlm_engine")
+
+
+def _settings(**overrides) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        print(f"fastvlm: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _print_json(document: dict) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker.server import run_worker
+
+    settings = _settings()
+    _configure_logging(settings.log_level)
+    return run_worker(settings, host=args.host or settings.worker_host, port=args.port, fd=args.fd)
+
+
+def _in_process_service(settings: Settings):
+    from .worker.service import WorkerService
+
+    service = WorkerService(settings)
+    service.load()
+    return service
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    settings = _settings(warmup=False)
+    _configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    try:
+        data = Path(args.image).read_bytes()
+    except OSError as exc:
+        print(f"fastvlm: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
+        return 1
+    service = _in_process_service(settings)
+    try:
+        result = asyncio.run(service.describe_bytes(data, args.prompt, args.max_new_tokens))
+    except EngineError as exc:
+        _print_json(exc.to_body())
+        return 1
+    finally:
+        service.stop()
+    _print_json(result.model_dump())
+    return 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from .engine.tiny import build_tiny_model
+
+    out = build_tiny_model(args.dir, image_size=args.image_size, shape=args.shape, seed=args.seed,
+                           dtype=args.dtype)
+    print(f"wrote a randomly initialised FastVLM ({args.shape}, {args.image_size}px) to {out}; "
+          "its text is meaningless")
+    return 0
+
+
+def cmd_sample_media(args: argparse.Namespace) -> int:
+    """Copy the bundled sample photos (public domain / CC0, from scikit-image) into a folder."""
+    from importlib.resources import files
+
+    out = Path(args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in files("fastvlm_engine.sample_media").iterdir():
+        if item.name.endswith(".jpg"):
+            (out / item.name).write_bytes(item.read_bytes())
+    print(f"sample media in {out.resolve()}; serve it with FASTVLM_MEDIA_ROOTS={out.resolve()}")
+    return 0
+
+
+def settings_table() -> str:
+    """The configuration reference as a Markdown table (the README embeds it)."""
+    rows = ["| environment | TOML key | default | meaning |", "|---|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        shown = "(empty)" if default in ("", None, []) else str(default).replace("\n", " ")
+        if len(shown) > 40:
+            shown = shown[:37] + "..."
+        rows.append(f"| `FASTVLM_{name.upper()}` | `{name}` | `{shown}` | {info.description or ''} |")
+    return "\n".join(rows)
+
+
+def errors_table() -> str:
+    """Every error code with its HTTP status and meaning, as a Markdown table."""
+    from .errors import ERROR_CODES
+
+    rows = ["| code | HTTP status | meaning |", "|---|---|---|"]
+    for code, cls in ERROR_CODES.items():
+        rows.append(f"| `{code}` | {cls.http_status} | {cls.default_message} |")
+    return "\n".join(rows)
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(settings_table())
+        return 0
+    if args.errors:
+        print(errors_table())
+        return 0
+    _print_json(json.loads(_settings().model_dump_json()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastvlm", description="FastVLM Descriptor Engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run one worker (one model on one device) over HTTP")
+    worker.add_argument("--host", default=None, help="bind address (default FASTVLM_WORKER_HOST)")
+    worker.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
+    worker.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # socket bound by the router
+    worker.set_defaults(func=cmd_worker)
+
+    describe = sub.add_parser("describe", help="describe one image in-process and print the JSON")
+    describe.add_argument("image")
+    describe.add_argument("--prompt", default=None)
+    describe.add_argument("--max-new-tokens", type=int, default=None)
+    describe.set_defaults(func=cmd_describe)
+
+    tiny = sub.add_parser("tiny-model", help="build a randomly initialised FastVLM for tests/benchmarks")
+    tiny.add_argument("dir")
+    tiny.add_argument("--image-size", type=int, default=256, choices=(256, 512, 1024))
+    tiny.add_argument("--shape", default="tiny", choices=("tiny", "0.5b"),
+                      help="tiny (fast tests) or FastVLM-0.5B's real dimensions (GPU performance work)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    tiny.set_defaults(func=cmd_tiny_model)
+
+    samples = sub.add_parser("sample-media", help="write the bundled sample photos into a folder")
+    samples.add_argument("dir")
+    samples.set_defaults(func=cmd_sample_media)
+
+    show = sub.add_parser("settings", help="print the effective settings (or --markdown: the reference)")
+    show.add_argument("--markdown", action="store_true", help="the settings reference table")
+    show.add_argument("--errors", action="store_true", help="the error code reference table")
+    show.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

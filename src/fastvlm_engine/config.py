@@ -1,0 +1,242 @@
+"""Every setting of the service, with one default each.
+
+Precedence (highest first): arguments passed to ``Settings(...)``, ``FASTVLM_*`` environment
+variables, the TOML file named by ``FASTVLM_CONFIG``, then the defaults below. TOML keys are
+the field names (``max_batch_size = 8``); environment names add the prefix
+(``FASTVLM_MAX_BATCH_SIZE=8``). An invalid value stops start-up with a :class:`SettingsError`
+that names the setting and the expected form; nothing silently falls back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings"]
+
+ENV_PREFIX = "FASTVLM_"
+CONFIG_ENV = "FASTVLM_CONFIG"
+MiB = 1024 * 1024
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names it and the expected form."""
+
+
+def _split_list(value: Any, sep: str) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(sep) if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """The service configuration. Build it with :func:`load_settings` to get readable errors."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # --- model and engine ------------------------------------------------------------------
+    model: str = Field("", description="Local folder or Hugging Face hub id of a native fast_vlm "
+                       "checkpoint; empty means the built-in tiny random model (meaningless text).")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto means bfloat16 on GPU and float32 on CPU.")
+    tiny_model_dir: Path | None = Field(
+        None, description="Where the built-in tiny model is built and cached; "
+        "default ~/.cache/fastvlm-engine/tiny-model.")
+    max_new_tokens: int = Field(128, ge=1, description="Default generation length in tokens.")
+    max_new_tokens_limit: int = Field(512, ge=1, description="Largest max_new_tokens a request may ask for.")
+    max_batch_size: int = Field(8, ge=1, le=512, description="Most requests grouped into one generate call.")
+    max_batch_wait_ms: float = Field(5.0, ge=0, le=10_000, description="How long the batcher waits to fill "
+                                     "a batch after the first request arrives (0 = take what is queued).")
+    max_queue_size: int = Field(256, ge=1, description="Requests a worker queues before answering queue_full.")
+    inference_timeout_s: float = Field(600.0, gt=0, description="A request still queued after this many "
+                                       "seconds is answered with inference_timeout instead of being run.")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 keeps torch's default.")
+    warmup: bool = Field(True, description="Run one generation before reporting ready.")
+
+    # --- network -----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Router bind address; 0.0.0.0 is an explicit choice.")
+    port: int = Field(9000, ge=0, le=65535, description="Router port.")
+    worker_host: str = Field("127.0.0.1", description="Address workers bind to.")
+
+    # --- media -------------------------------------------------------------------------------
+    media_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Folders image_path/video_path may point into, separated by "
+        f"{os.pathsep!r} in the environment or a list in TOML.")
+    max_image_bytes: int = Field(20 * MiB, ge=1, description="Largest encoded image, in bytes.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image, in pixels.")
+    max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt, in characters.")
+    default_prompt: str = Field("Describe the image.", min_length=1, description="Prompt used when a "
+                                "request gives none.")
+
+    # --- video (issue 4) -----------------------------------------------------------------------
+    video_max_bytes: int = Field(200 * MiB, ge=1, description="Largest video file or upload, in bytes.")
+    video_max_seconds: float = Field(180.0, gt=0, description="Longest video, measured on the decoded stream.")
+    video_max_frame_pixels: int = Field(4096 * 2304, ge=1, description="Largest frame, in pixels.")
+    video_max_keyframes: int = Field(24, ge=1, le=256, description="Most frames captioned per video.")
+    video_seconds_per_keyframe: float = Field(2.0, gt=0, description="Frame budget grows by one keyframe "
+                                              "per this many seconds of video, up to video_max_keyframes.")
+    video_min_scene_sec: float = Field(0.5, ge=0, description="Shortest scene a cut may create.")
+    video_cut_luma_threshold: float = Field(0.10, gt=0, le=1, description="Mean absolute luma change "
+                                            "(0..1) between frames that counts as a hard cut.")
+    video_cut_hist_threshold: float = Field(0.5, gt=0, le=1, description="Colour-histogram distance (0..1) "
+                                            "between frames that counts as a hard cut.")
+    video_dissolve_threshold: float = Field(0.35, gt=0, le=1, description="Colour-histogram distance "
+                                            "across a window of frames that counts as a gradual transition.")
+    video_dedupe_hamming_same_scene: int = Field(18, ge=0, le=64, description="pHash Hamming distance at or "
+                                                 "below which two frames of one scene are duplicates.")
+    video_dedupe_hamming_any: int = Field(10, ge=0, le=64, description="pHash Hamming distance at or below "
+                                          "which two frames of different scenes are duplicates.")
+    video_caption_prompt: str = Field(
+        "This is a frame at {timestamp} of a short video. Describe it in one or two short sentences: "
+        "the main subjects, the action and the setting.", min_length=1,
+        description="Prompt per keyframe; {timestamp} is replaced by the frame time.")
+    video_caption_max_new_tokens: int = Field(64, ge=1, description="Tokens per frame caption.")
+    video_summary_mode: Literal["model", "extractive"] = Field(
+        "model", description="model: the VLM writes the summary from the captions; extractive: pick captions.")
+    video_summary_max_new_tokens: int = Field(160, ge=1, description="Tokens for the video summary.")
+    video_summary_context_chars: int = Field(6000, ge=200, description="Most caption characters given to "
+                                             "the summary prompt.")
+    video_nsfw_flag_threshold: float = Field(0.8, ge=0, le=1, description="NSFW score that raises a flag.")
+    video_nsfw_review_threshold: float = Field(0.5, ge=0, le=1, description="NSFW score that asks for review.")
+    video_fast_analysis_decode: bool = Field(False, description="Skip the deblocking filter while decoding "
+                                             "(faster, slightly blockier frames).")
+
+    # --- logging -------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE_RE.match(value):
+            raise ValueError("expected auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("media_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        return _split_list(value, os.pathsep)
+
+    @field_validator("media_roots")
+    @classmethod
+    def _check_roots(cls, roots: list[Path]) -> list[Path]:
+        resolved = []
+        for root in roots:
+            if not root.is_absolute():
+                raise ValueError(f"media roots must be absolute paths, got {str(root)!r}")
+            resolved.append(Path(os.path.realpath(root)))
+        return resolved
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get(CONFIG_ENV, "").strip()
+        if toml_path:
+            path = Path(toml_path)
+            if not path.is_file():
+                raise SettingsError(f"{CONFIG_ENV}: no TOML file at {toml_path!r}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def tiny_model_path(self) -> Path:
+        """Folder of the built-in tiny model."""
+        if self.tiny_model_dir is not None:
+            return self.tiny_model_dir
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return cache / "fastvlm-engine" / "tiny-model"
+
+    def body_limit(self, endpoint: str) -> int:
+        """Largest request body for an endpoint: its media limit as base64 plus room for JSON."""
+        slack = 64 * 1024
+        if endpoint == "/predict_image":
+            return self.max_image_bytes * 4 // 3 + slack
+        if endpoint == "/summarize_video":
+            return self.video_max_bytes * 4 // 3 + slack
+        return slack
+
+
+def _expected_form(field: str) -> str:
+    """'an integer >= 1 and <= 512 (Most requests grouped ...)' from the field's own metadata."""
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return ""
+    kinds = {int: "an integer", float: "a number", bool: "true or false", str: "text", Path: "a path"}
+    annotation = info.annotation
+    form = kinds.get(annotation, "")
+    if getattr(annotation, "__origin__", None) is Literal:
+        form = "one of " + ", ".join(map(str, annotation.__args__))
+    bounds = []
+    for meta in info.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(meta, attr, None) is not None:
+                bounds.append(f"{sign} {getattr(meta, attr)}")
+    if bounds:
+        form = f"{form or 'a value'} {' and '.join(bounds)}"
+    description = info.description or ""
+    return f"{form} ({description})" if form and description else form or description
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        name = f"{ENV_PREFIX}{field.upper()} (TOML key {field!r})"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{field!r}: unknown setting (check the spelling in {CONFIG_ENV} or the arguments)")
+            continue
+        value = err.get("input")
+        shown = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 80 else "…"
+        hint = _expected_form(field)
+        lines.append(f"{name}: {err['msg']}; got {shown}." + (f" Expected: {hint}" if hint else ""))
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment and TOML file, raising a readable SettingsError."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_format_error(exc)) from None
+    except SettingsError:
+        raise
+    except (ValueError, OSError) as exc:  # e.g. a TOML syntax error
+        raise SettingsError(f"invalid configuration: {exc}") from None
+    if settings.video_nsfw_review_threshold > settings.video_nsfw_flag_threshold:
+        raise SettingsError("invalid configuration:\n  FASTVLM_VIDEO_NSFW_REVIEW_THRESHOLD must not "
+                            "exceed FASTVLM_VIDEO_NSFW_FLAG_THRESHOLD")
+    if settings.max_new_tokens > settings.max_new_tokens_limit:
+        raise SettingsError("invalid configuration:\n  FASTVLM_MAX_NEW_TOKENS must not exceed "
+                            "FASTVLM_MAX_NEW_TOKENS_LIMIT")
+    return settings

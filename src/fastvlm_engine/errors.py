@@ -1,0 +1,308 @@
+"""Every error the service can answer with, in one place.
+
+Each class carries its stable machine ``code`` and HTTP status; one handler renders any
+subclass as ``{"error": {"code", "message", ...}}``. Codes never change once released:
+clients branch on them.
+
+    EngineError                      500 internal_error
+    ├── RequestError
+    │   ├── InvalidJSON              400 invalid_json
+    │   ├── InvalidRequest           422 invalid_request
+    │   ├── RouteNotFound            404 not_found
+    │   ├── MethodNotAllowed         405 method_not_allowed
+    │   ├── PayloadTooLarge          413 payload_too_large
+    │   ├── Unauthorized             401 unauthorized
+    │   ├── ForbiddenIP              403 forbidden_ip
+    │   └── RateLimited              429 rate_limited
+    ├── MediaError
+    │   ├── PathNotAllowed           403 path_not_allowed
+    │   ├── MediaNotFound            404 media_not_found
+    │   ├── MediaTooLarge            413 media_too_large
+    │   ├── ImageTooLarge            413 image_too_large
+    │   ├── VideoTooLong             413 video_too_long
+    │   ├── UnsupportedMedia         415 unsupported_media
+    │   ├── InvalidImage             422 invalid_image
+    │   └── InvalidVideo             422 invalid_video
+    ├── CapacityError
+    │   ├── NotReady                 503 not_ready
+    │   ├── QueueFull                503 queue_full
+    │   ├── WorkersBusy              503 workers_busy
+    │   └── NoReadyWorkers           503 no_ready_workers
+    ├── InferenceTimeout             504 inference_timeout
+    ├── WorkerFailed                 502 worker_failed
+    ├── WorkerTimeout                504 worker_timeout
+    └── InferenceFailed              500 inference_failed
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+__all__ = [
+    "ERROR_CODES",
+    "CapacityError",
+    "EngineError",
+    "ForbiddenIP",
+    "ImageTooLarge",
+    "InferenceFailed",
+    "InferenceTimeout",
+    "InvalidImage",
+    "InvalidJSON",
+    "InvalidRequest",
+    "InvalidVideo",
+    "MediaError",
+    "MediaNotFound",
+    "MediaTooLarge",
+    "MethodNotAllowed",
+    "NoReadyWorkers",
+    "NotReady",
+    "PathNotAllowed",
+    "PayloadTooLarge",
+    "QueueFull",
+    "RateLimited",
+    "RequestError",
+    "RouteNotFound",
+    "Unauthorized",
+    "UnsupportedMedia",
+    "VideoTooLong",
+    "WorkerFailed",
+    "WorkerTimeout",
+    "WorkersBusy",
+    "error_body",
+    "retry_after_header",
+]
+
+
+class EngineError(Exception):
+    """Base of every error the service reports to a client."""
+
+    code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+    default_message: ClassVar[str] = "The server hit an unexpected error."
+
+    def __init__(self, message: str | None = None, *, retry_after_sec: float | None = None,
+                 **details: Any) -> None:
+        self.message = message or self.default_message
+        self.retry_after_sec = retry_after_sec
+        self.details = details
+        super().__init__(self.message)
+
+    def to_body(self, request_id: str | None = None) -> dict[str, Any]:
+        """The JSON body every error response carries."""
+        return error_body(self.code, self.message, request_id=request_id,
+                          retry_after_sec=self.retry_after_sec, **self.details)
+
+    def headers(self) -> dict[str, str]:
+        """Response headers that belong with this error (RFC 9110 Retry-After)."""
+        if self.retry_after_sec is None:
+            return {}
+        return {"Retry-After": retry_after_header(self.retry_after_sec)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+def error_body(code: str, message: str, *, request_id: str | None = None,
+               retry_after_sec: float | None = None, **details: Any) -> dict[str, Any]:
+    """Build ``{"error": {...}}``; the one shape shared by router, worker and client."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if request_id:
+        error["request_id"] = request_id
+    if retry_after_sec is not None:
+        error["retry_after_sec"] = round(float(retry_after_sec), 3)
+    error.update({k: v for k, v in details.items() if v is not None})
+    return {"error": error}
+
+
+def retry_after_header(seconds: float) -> str:
+    """RFC 9110 delay-seconds: a non-negative integer, rounded up so clients never retry early."""
+    if not math.isfinite(seconds) or seconds < 0:
+        seconds = 0.0
+    return str(max(1, math.ceil(seconds)) if seconds > 0 else 0)
+
+
+# --- client-side request problems -------------------------------------------------------
+
+class RequestError(EngineError):
+    """The request itself is wrong; retrying it unchanged will fail again."""
+
+    code = "invalid_request"
+    http_status = 400
+    default_message = "The request is not valid."
+
+
+class InvalidJSON(RequestError):
+    code = "invalid_json"
+    http_status = 400
+    default_message = "The request body is not valid JSON."
+
+
+class InvalidRequest(RequestError):
+    code = "invalid_request"
+    http_status = 422
+    default_message = "The request body does not match the endpoint's schema."
+
+
+class RouteNotFound(RequestError):
+    code = "not_found"
+    http_status = 404
+    default_message = "No such endpoint."
+
+
+class MethodNotAllowed(RequestError):
+    code = "method_not_allowed"
+    http_status = 405
+    default_message = "This endpoint does not accept that HTTP method."
+
+
+class PayloadTooLarge(RequestError):
+    code = "payload_too_large"
+    http_status = 413
+    default_message = "The request body is larger than this endpoint accepts."
+
+
+class Unauthorized(RequestError):
+    code = "unauthorized"
+    http_status = 401
+    default_message = "A valid API key is required."
+
+
+class ForbiddenIP(RequestError):
+    code = "forbidden_ip"
+    http_status = 403
+    default_message = "Requests from this address are not allowed."
+
+
+class RateLimited(RequestError):
+    code = "rate_limited"
+    http_status = 429
+    default_message = "Too many requests for this API key; slow down."
+
+
+# --- media problems ------------------------------------------------------------------------
+
+class MediaError(RequestError):
+    """The image or video cannot be used."""
+
+    code = "invalid_media"
+    http_status = 422
+
+
+class PathNotAllowed(MediaError):
+    code = "path_not_allowed"
+    http_status = 403
+    default_message = "That path is outside the configured media roots."
+
+
+class MediaNotFound(MediaError):
+    code = "media_not_found"
+    http_status = 404
+    default_message = "No readable file exists at that path under the media roots."
+
+
+class MediaTooLarge(MediaError):
+    code = "media_too_large"
+    http_status = 413
+    default_message = "The media file is larger than the configured limit."
+
+
+class ImageTooLarge(MediaError):
+    code = "image_too_large"
+    http_status = 413
+    default_message = "The image has more pixels than the configured limit."
+
+
+class VideoTooLong(MediaError):
+    code = "video_too_long"
+    http_status = 413
+    default_message = "The video is longer than the configured limit."
+
+
+class UnsupportedMedia(MediaError):
+    code = "unsupported_media"
+    http_status = 415
+    default_message = "The data is not a supported media type."
+
+
+class InvalidImage(MediaError):
+    code = "invalid_image"
+    http_status = 422
+    default_message = "The image is corrupt or cannot be decoded."
+
+
+class InvalidVideo(MediaError):
+    code = "invalid_video"
+    http_status = 422
+    default_message = "The video is corrupt, empty or cannot be decoded."
+
+
+# --- capacity and upstream problems (retrying later may succeed) ----------------------------
+
+class CapacityError(EngineError):
+    """The service cannot take the request right now."""
+
+    code = "unavailable"
+    http_status = 503
+
+
+class NotReady(CapacityError):
+    code = "not_ready"
+    default_message = "The model is still loading."
+
+
+class QueueFull(CapacityError):
+    code = "queue_full"
+    default_message = "The inference queue is full."
+
+
+class WorkersBusy(CapacityError):
+    code = "workers_busy"
+    default_message = "All FastVLM workers are at max concurrency. Please retry after some time."
+
+
+class NoReadyWorkers(CapacityError):
+    code = "no_ready_workers"
+    default_message = "No worker is ready to serve requests."
+
+
+class InferenceTimeout(EngineError):
+    code = "inference_timeout"
+    http_status = 504
+    default_message = "The request waited longer than the inference timeout."
+
+
+class WorkerFailed(EngineError):
+    code = "worker_failed"
+    http_status = 502
+    default_message = "The worker handling the request failed."
+
+
+class WorkerTimeout(EngineError):
+    code = "worker_timeout"
+    http_status = 504
+    default_message = "The worker did not answer in time."
+
+
+class InferenceFailed(EngineError):
+    code = "inference_failed"
+    http_status = 500
+    default_message = "The model failed to process the request."
+
+
+def _collect_codes() -> dict[str, type[EngineError]]:
+    codes: dict[str, type[EngineError]] = {}
+    stack: list[type[EngineError]] = [EngineError]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if cls in (RequestError, MediaError, CapacityError):
+            continue  # abstract groupings; their subclasses carry the codes
+        if cls.code in codes and codes[cls.code] is not cls:
+            raise RuntimeError(f"error code {cls.code!r} defined twice")
+        codes[cls.code] = cls
+    return dict(sorted(codes.items()))
+
+
+ERROR_CODES: dict[str, type[EngineError]] = _collect_codes()
+"""Every stable code and the class (hence HTTP status) behind it."""

@@ -1,0 +1,7 @@
+"""Reading and validating client media: paths under roots, base64 uploads, images."""
+
+from .images import DecodedImage, decode_image, sniff_image_format
+from .paths import open_media, read_media
+from .uploads import decode_base64
+
+__all__ = ["DecodedImage", "decode_base64", "decode_image", "open_media", "read_media", "sniff_image_format"]

@@ -1,0 +1,167 @@
+"""Request and response bodies shared by router, worker and client (no torch here)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "Caption",
+    "ErrorBody",
+    "ErrorDetail",
+    "ImageInfo",
+    "ImageTiming",
+    "PredictImageRequest",
+    "PredictImageResponse",
+    "SafetyFlag",
+    "Scene",
+    "SummarizeVideoRequest",
+    "SummarizeVideoResponse",
+    "Usage",
+    "VideoInfo",
+    "VideoTiming",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _exactly_one(model: BaseModel, a: str, b: str) -> None:
+    given = [name for name in (a, b) if getattr(model, name) is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {a!r} or {b!r}")
+
+
+class PredictImageRequest(_Strict):
+    """Caption or answer a prompt about one image."""
+
+    image_path: str | None = Field(None, min_length=1, max_length=4096,
+                                   description="File under one of the server's media roots.")
+    image_base64: str | None = Field(None, min_length=1, description="The image bytes, base64 "
+                                     "(a data: URL prefix is accepted).")
+    prompt: str | None = Field(None, description="Question or instruction; default 'Describe the image.'")
+    max_new_tokens: int | None = Field(None, ge=1, description="Generation length, up to the server's limit.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictImageRequest:
+        _exactly_one(self, "image_path", "image_base64")
+        return self
+
+
+class ImageInfo(BaseModel):
+    width: int
+    height: int
+
+
+class ImageTiming(BaseModel):
+    decode_ms: float = Field(description="Reading, validating and preprocessing the image.")
+    queue_ms: float = Field(description="Waiting for a batch slot on the model.")
+    inference_ms: float = Field(description="The batched generate call this request ran in.")
+    total_ms: float = Field(description="Whole request inside the worker.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class PredictImageResponse(BaseModel):
+    output: str
+    prompt: str
+    model: str
+    image: ImageInfo
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    batch_size: int = Field(description="How many requests shared the generate call.")
+    timing: ImageTiming
+
+
+class SummarizeVideoRequest(_Strict):
+    """Describe a short video: scenes, keyframe captions, summary, safety flags and tags."""
+
+    video_path: str | None = Field(None, min_length=1, max_length=4096,
+                                   description="File under one of the server's media roots.")
+    video_base64: str | None = Field(None, min_length=1, description="The video bytes, base64.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SummarizeVideoRequest:
+        _exactly_one(self, "video_path", "video_base64")
+        return self
+
+
+class VideoInfo(BaseModel):
+    duration_sec: float = Field(description="Measured on the decoded stream.")
+    fps: float
+    width: int = Field(description="Display width, after rotation.")
+    height: int = Field(description="Display height, after rotation.")
+    rotation: int = Field(description="Degrees the stored frames were rotated for display.")
+    frames_total: int = Field(description="Frames decoded.")
+
+
+class Scene(BaseModel):
+    start_sec: float
+    end_sec: float
+
+
+class Caption(BaseModel):
+    timestamp_sec: float
+    scene: int = Field(description="Index into scenes.")
+    caption: str
+
+
+class SafetyFlag(BaseModel):
+    category: str = Field(description="e.g. nsfw, violence, weapons, drugs, self_harm.")
+    level: Literal["flag", "review"]
+    source: str = Field(description="What raised it, e.g. 'opennsfw' or 'caption_lexicon'.")
+    score: float
+    frames: list[float] = Field(description="Timestamps (s) of the frames involved.")
+    evidence: list[str] = Field(default_factory=list, description="Matched words, for lexicon flags.")
+
+
+class VideoTiming(BaseModel):
+    stats_sec: float
+    scene_detection_sec: float
+    frame_extraction_sec: float
+    dedupe_sec: float
+    captioning_sec: float
+    summary_sec: float
+    tags_sec: float
+    safety_sec: float
+    total_sec: float
+
+
+class SummarizeVideoResponse(BaseModel):
+    video: VideoInfo
+    scenes: list[Scene]
+    scenes_detected: int
+    frames_used: int
+    captions: list[Caption]
+    summary: str
+    summary_source: Literal["model", "extractive"]
+    safety_flags: list[SafetyFlag]
+    vibe_tags: list[str]
+    visual_tags: list[str]
+    model: str
+    timing: VideoTiming
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+    request_id: str | None = None
+    retry_after_sec: float | None = None
+
+
+class ErrorBody(BaseModel):
+    """What every error response looks like."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries documenting the error body for these statuses."""
+    return {status: {"model": ErrorBody} for status in statuses}

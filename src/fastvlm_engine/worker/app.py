@@ -1,0 +1,99 @@
+"""The worker's HTTP face: FastAPI routes over a :class:`WorkerService`.
+
+The model loads in a background thread after the port opens, so ``/healthz`` answers at once
+and ``/readyz`` tells loading from ready. Handlers never touch the model directly: they await
+the batcher, so health checks answer while a batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ..config import Settings
+from ..errors import NotReady
+from ..schemas import PredictImageRequest, PredictImageResponse, error_responses
+from ..web import (
+    BodyLimitMiddleware,
+    RequestIdMiddleware,
+    error_response,
+    install_error_handlers,
+    json_body_openapi,
+    parse_json_body,
+    request_id_of,
+)
+from .service import WorkerService, WorkerState
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, service: WorkerService | None = None, *,
+               on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
+    """Build the worker app; ``on_load_failure`` lets the server exit when the model cannot load."""
+    service = service or WorkerService(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(asyncio.to_thread(service.load), name="model-load")
+
+        def _done(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                log.error("model load failed: %s", exc, exc_info=exc)
+                if on_load_failure is not None:
+                    on_load_failure(exc)
+
+        loader.add_done_callback(_done)
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(title="FastVLM worker", version="0.1.0", lifespan=lifespan)
+    app.state.service = service
+    app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response, 413s included, gets an id
+    install_error_handlers(app)
+
+    @app.get("/healthz", summary="Liveness: the process answers (also while loading or busy).")
+    async def healthz() -> dict:
+        vlm = service.vlm
+        batcher = service.batcher
+        return {
+            "status": "ok",
+            "state": service.state.value,
+            "reason": service.state_reason,
+            "pid": os.getpid(),
+            "model": vlm.name if vlm else None,
+            "device": str(vlm.device) if vlm else None,
+            "queue_depth": batcher.queue_depth if batcher else 0,
+            "batch_running": bool(batcher and batcher.stats.busy_since is not None),
+            "batches_run": batcher.stats.batches if batcher else 0,
+        }
+
+    @app.get("/readyz", summary="Readiness: 200 once the model loaded and a warm-up generation succeeded.",
+             responses=error_responses(503))
+    async def readyz(request: Request) -> JSONResponse:
+        if service.state is not WorkerState.READY:
+            return error_response(NotReady(f"The worker is not ready: {service.state_reason}.",
+                                           state=service.state.value), request_id_of(request))
+        vlm, _ = service.require_ready()
+        return JSONResponse({"status": "ready", "model": vlm.name, "device": str(vlm.device)})
+
+    @app.post("/predict_image", response_model=PredictImageResponse,
+              openapi_extra=json_body_openapi(PredictImageRequest),
+              responses=error_responses(400, 403, 404, 413, 415, 422, 503, 504),
+              summary="Caption an image or answer a prompt about it.")
+    async def predict_image(request: Request) -> PredictImageResponse:
+        service.require_ready()
+        return await service.predict_image(await parse_json_body(request, PredictImageRequest))
+
+    return app

@@ -1,0 +1,201 @@
+"""What a worker does, independent of HTTP: load the model, then describe media through the batcher.
+
+The HTTP app and the in-process CLI (``fastvlm describe``) both call this, so they answer alike.
+Media decoding and preprocessing run in threads; only ``generate`` runs on the inference thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from ..config import Settings
+from ..engine.batcher import BatchObserver, Batcher, BatchResult
+from ..errors import InvalidRequest, NotReady
+from ..media import DecodedImage, decode_base64, decode_image, read_media
+from ..schemas import ImageInfo, ImageTiming, PredictImageRequest, PredictImageResponse, Usage
+
+if TYPE_CHECKING:  # torch loads in WorkerService.load, after the HTTP port is already open
+    from ..engine.model import FastVLM, Generation, PreparedInput
+
+__all__ = ["WorkerService", "WorkerState"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerState(str, enum.Enum):
+    LOADING = "loading"
+    WARMING_UP = "warming_up"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    image: DecodedImage
+    item: PreparedInput
+    prompt: str
+
+
+class WorkerService:
+    """One model on one device, fed by one batcher."""
+
+    def __init__(self, settings: Settings, *, observers: Sequence[BatchObserver] = ()) -> None:
+        self.settings = settings
+        self.state = WorkerState.LOADING
+        self.state_reason = "loading the model"
+        self.vlm: FastVLM | None = None
+        self.batcher: Batcher[PreparedInput, Generation] | None = None
+        self._observers = tuple(observers)
+        self._ready = threading.Event()
+
+    # --- start-up ---------------------------------------------------------------------------
+
+    def model_source(self) -> tuple[str, str | None]:
+        """(folder or hub id, display name); the built-in tiny model when none is configured."""
+        from ..engine.tiny import TINY_MODEL_NAME, ensure_tiny_model
+
+        if self.settings.model:
+            return self.settings.model, None
+        path = ensure_tiny_model(self.settings.tiny_model_path)
+        return str(path), TINY_MODEL_NAME
+
+    def load(self) -> None:
+        """Load, start the batcher and warm up; blocking (run it off the event loop)."""
+        try:
+            import torch
+
+            from ..engine.model import FastVLM
+
+            if self.settings.torch_threads:
+                torch.set_num_threads(self.settings.torch_threads)
+            source, name = self.model_source()
+            if name is not None:
+                log.warning("no FASTVLM_MODEL configured: serving the built-in tiny random model; "
+                            "its text is meaningless")
+            self.vlm = FastVLM.load(source, device=self.settings.device, dtype=self.settings.dtype, name=name)
+            self.batcher = Batcher(
+                self.vlm.generate, max_batch_size=self.settings.max_batch_size,
+                max_batch_wait_s=self.settings.max_batch_wait_ms / 1000,
+                max_queue_size=self.settings.max_queue_size, timeout_s=self.settings.inference_timeout_s,
+                observers=self._observers).start()
+            if self.settings.warmup:
+                self._set_state(WorkerState.WARMING_UP, "running a warm-up generation")
+                self._warm_up()
+            self._set_state(WorkerState.READY, "model loaded and warmed up")
+            self._ready.set()
+        except Exception as exc:
+            self._set_state(WorkerState.FAILED, f"start-up failed: {type(exc).__name__}: {exc}")
+            raise
+
+    def _warm_up(self) -> None:
+        vlm, batcher = self.vlm, self.batcher
+        if vlm is None or batcher is None:
+            raise RuntimeError("warm-up before the model was loaded")
+        size = vlm.image_size
+        image = Image.new("RGB", (size, size), (127, 127, 127))
+        item = vlm.prepare(image, "Describe the image.", 2)
+        started = time.monotonic()
+        batcher.submit(item).result(timeout=self.settings.inference_timeout_s)
+        log.info("warm-up generation took %.0f ms", (time.monotonic() - started) * 1000)
+
+    def _set_state(self, state: WorkerState, reason: str) -> None:
+        self.state, self.state_reason = state, reason
+        log.info("worker state %s: %s", state.value, reason)
+
+    def stop(self) -> None:
+        self._set_state(WorkerState.STOPPING, "shutting down")
+        if self.batcher is not None:
+            self.batcher.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self.state is WorkerState.READY
+
+    def require_ready(self) -> tuple[FastVLM, Batcher[PreparedInput, Generation]]:
+        if not self.ready or self.vlm is None or self.batcher is None:
+            raise NotReady(f"The worker is not ready: {self.state_reason}.")
+        return self.vlm, self.batcher
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def _token_budget(self, requested: int | None) -> int:
+        limit = self.settings.max_new_tokens_limit
+        if requested is None:
+            return self.settings.max_new_tokens
+        if requested > limit:
+            raise InvalidRequest(f"max_new_tokens: at most {limit} on this server.", field="max_new_tokens")
+        return requested
+
+    def _prompt(self, vlm: FastVLM, prompt: str | None) -> str:
+        text = self.settings.default_prompt if prompt is None else prompt
+        if len(text) > self.settings.max_prompt_chars:
+            raise InvalidRequest(f"prompt: at most {self.settings.max_prompt_chars} characters.",
+                                 field="prompt")
+        cleaned = vlm.clean_prompt(text)
+        if not cleaned:
+            raise InvalidRequest("prompt: empty after removing control characters and reserved tokens.",
+                                 field="prompt")
+        return cleaned
+
+    def _read_image(self, request: PredictImageRequest) -> bytes:
+        limit = self.settings.max_image_bytes
+        if request.image_base64 is not None:
+            return decode_base64(request.image_base64, field="image_base64", max_bytes=limit)
+        return read_media(request.image_path or "", self.settings.media_roots, limit)
+
+    def _decode_and_prepare(self, vlm: FastVLM, data: bytes, prompt: str, max_new_tokens: int) -> _Prepared:
+        image = decode_image(data, max_bytes=self.settings.max_image_bytes,
+                             max_pixels=self.settings.max_image_pixels)
+        return _Prepared(image=image, item=vlm.prepare(image.image, prompt, max_new_tokens), prompt=prompt)
+
+    async def predict_image(self, request: PredictImageRequest) -> PredictImageResponse:
+        """Answer one /predict_image request (media from a path under the roots or base64)."""
+        started = time.monotonic()
+        vlm, _ = self.require_ready()
+        budget = self._token_budget(request.max_new_tokens)
+        prompt = self._prompt(vlm, request.prompt)
+
+        def load() -> _Prepared:
+            return self._decode_and_prepare(vlm, self._read_image(request), prompt, budget)
+
+        prepared = await asyncio.to_thread(load)
+        return await self._run(prepared, started)
+
+    async def describe_bytes(self, data: bytes, prompt: str | None = None,
+                             max_new_tokens: int | None = None) -> PredictImageResponse:
+        """Describe an image the caller already read (the CLI's path: no media roots apply)."""
+        started = time.monotonic()
+        vlm, _ = self.require_ready()
+        budget = self._token_budget(max_new_tokens)
+        text = self._prompt(vlm, prompt)
+        prepared = await asyncio.to_thread(self._decode_and_prepare, vlm, data, text, budget)
+        return await self._run(prepared, started)
+
+    async def _run(self, prepared: _Prepared, started: float) -> PredictImageResponse:
+        vlm, batcher = self.require_ready()
+        decoded_at = time.monotonic()
+        result: BatchResult[Generation] = await batcher.run(prepared.item)
+        generation = result.output
+        return PredictImageResponse(
+            output=generation.text, prompt=prepared.prompt, model=vlm.name,
+            image=ImageInfo(width=prepared.image.width, height=prepared.image.height),
+            finish_reason=generation.finish_reason,
+            usage=Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=len(generation.token_ids)),
+            batch_size=result.batch_size,
+            timing=ImageTiming(decode_ms=_ms(decoded_at - started), queue_ms=_ms(result.queue_s),
+                               inference_ms=_ms(result.inference_s),
+                               total_ms=_ms(time.monotonic() - started)))
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)

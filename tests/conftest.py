@@ -1,0 +1,45 @@
+"""Suite-wide set-up: offline, one torch thread, a tiny model built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Settings read FASTVLM_* from the environment; a developer's own config must not leak in.
+for _name in [n for n in os.environ if n.startswith("FASTVLM_")]:
+    del os.environ[_name]
+
+import pytest  # noqa: E402
+
+from tests.helpers.images import write_sample_images  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """The built-in tiny model (256 px), built once and loaded by the production loader."""
+    import torch
+
+    torch.set_num_threads(1)
+    from fastvlm_engine.engine.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def vlm(tiny_model_dir):
+    import torch
+
+    torch.set_num_threads(1)
+    from fastvlm_engine.engine.model import FastVLM
+
+    return FastVLM.load(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def media_root(tmp_path_factory):
+    """A media root holding a few real photos (scikit-image's bundled samples) and test images."""
+    root = tmp_path_factory.mktemp("media")
+    write_sample_images(root)
+    return root

@@ -1,0 +1,132 @@
+"""Real processes for integration tests, always stopped by process group in teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FASTVLM = [sys.executable, "-m", "fastvlm_engine.cli"]
+
+
+def worker_env(**settings: object) -> dict[str, str]:
+    """The environment for a spawned process: offline, one torch thread, FASTVLM_* from kwargs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVLM_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1", FASTVLM_TORCH_THREADS="1")
+    for name, value in settings.items():
+        env[f"FASTVLM_{name.upper()}"] = str(value)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    """A spawned process in its own session, with its output captured to a file."""
+
+    popen: subprocess.Popen
+    log_path: Path
+    base_url: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM the group, then SIGKILL what is left; returns the exit status."""
+        if self.popen.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.signal(signal.SIGKILL)  # stragglers in the group, even if the leader exited
+        try:
+            return self.popen.wait(5)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def spawn(args: list[str], env: dict[str, str], log_path: Path, **popen_kwargs) -> Proc:
+    handle = open(log_path, "wb")
+    popen = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                             start_new_session=True, **popen_kwargs)
+    handle.close()
+    return Proc(popen=popen, log_path=log_path)
+
+
+def http(method: str, url: str, body: object | bytes | None = None, headers: dict | None = None,
+         timeout: float = 60.0) -> tuple[int, dict, dict | str]:
+    """One request with urllib; returns (status, headers, parsed JSON or text)."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None and "Content-Type" not in (headers or {}):
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw, hdrs = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        status, raw, hdrs = exc.code, exc.read(), dict(exc.headers)
+    try:
+        return status, hdrs, json.loads(raw)
+    except ValueError:
+        return status, hdrs, raw.decode(errors="replace")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None,
+               interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise AssertionError(f"process exited ({proc.popen.returncode}) while waiting for {what}:\n"
+                                 f"{proc.log()[-3000:]}")
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" +
+                         (f":\n{proc.log()[-3000:]}" if proc else ""))
+
+
+def start_worker(tmp_path: Path, model_dir: str, **settings: object) -> Proc:
+    """A real ``fastvlm worker`` on a free loopback port (not waited for)."""
+    port = free_port()
+    env = worker_env(model=model_dir, **settings)
+    proc = spawn([*FASTVLM, "worker", "--host", "127.0.0.1", "--port", str(port)], env,
+                 tmp_path / f"worker-{port}.log")
+    proc.base_url = f"http://127.0.0.1:{port}"
+    return proc
+
+
+def wait_ready(proc: Proc, timeout: float = 120.0) -> None:
+    wait_until(lambda: http("GET", proc.base_url + "/readyz", timeout=5)[0] == 200, timeout,
+               f"{proc.base_url}/readyz", proc)
