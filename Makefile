@@ -18,7 +18,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 serve: $(VENV)/.installed
 	$(BIN)/fastvlm sample-media media
-	FASTVLM_MEDIA_ROOTS="$(CURDIR)/media" $(BIN)/fastvlm worker --port $${FASTVLM_PORT:-9000}
+	FASTVLM_MEDIA_ROOTS="$${FASTVLM_MEDIA_ROOTS:-$(CURDIR)/media}" $(BIN)/fastvlm serve
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -25,8 +25,9 @@ def _settings(**overrides) -> Settings:
         raise SystemExit(2) from None
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+def _configure_logging(level: str, process: str = "") -> None:
+    prefix = f"[{process}] " if process else ""
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
                         stream=sys.stderr)
 
 
@@ -38,8 +39,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .worker.server import run_worker
 
     settings = _settings()
-    _configure_logging(settings.log_level)
-    return run_worker(settings, host=args.host or settings.worker_host, port=args.port, fd=args.fd)
+    _configure_logging(settings.log_level, args.worker_id or "worker")
+    return run_worker(settings, host=args.host or settings.worker_host, port=args.port, fd=args.fd,
+                      parent_pid=args.parent_pid, worker_id=args.worker_id)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .router.server import run_router
+
+    overrides = {"host": args.host, "port": args.port, "max_workers": args.workers}
+    settings = _settings(**overrides)
+    _configure_logging(settings.log_level, "router")
+    return run_router(settings)
 
 
 def _in_process_service(settings: Settings):
@@ -130,10 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastvlm", description="FastVLM Descriptor Engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    serve = sub.add_parser("serve", help="run the router and spawn workers (the service)")
+    serve.add_argument("--host", default=None, help="bind address (default FASTVLM_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default FASTVLM_PORT, 9000)")
+    serve.add_argument("--workers", type=int, default=None, help="max workers (default FASTVLM_MAX_WORKERS)")
+    serve.set_defaults(func=cmd_serve)
+
     worker = sub.add_parser("worker", help="run one worker (one model on one device) over HTTP")
     worker.add_argument("--host", default=None, help="bind address (default FASTVLM_WORKER_HOST)")
     worker.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
-    worker.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # socket bound by the router
+    # Set by the router: the socket it bound for this worker, its own PID, the worker's id.
+    worker.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
+    worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    worker.add_argument("--worker-id", default=None, help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
 
     describe = sub.add_parser("describe", help="describe one image in-process and print the JSON")
@@ -155,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("dir")
     samples.set_defaults(func=cmd_sample_media)
 
+    # `fastvlm client ...` is handed to the client's own parser in main(); listed here for --help.
+    sub.add_parser("client", add_help=False,
+                   help="call a running service with the reference client (retries, backoff)")
+
     show = sub.add_parser("settings", help="print the effective settings (or --markdown: the reference)")
     show.add_argument("--markdown", action="store_true", help="the settings reference table")
     show.add_argument("--errors", action="store_true", help="the error code reference table")
@@ -163,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["client"]:
+        from .client import main as client_main
+
+        return client_main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

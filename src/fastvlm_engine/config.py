@@ -23,7 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings"]
+__all__ = ["ENV_PREFIX", "FAULT_KINDS", "Settings", "SettingsError", "load_settings", "parse_faults", "parse_gpu_sizes"]
 
 ENV_PREFIX = "FASTVLM_"
 CONFIG_ENV = "FASTVLM_CONFIG"
@@ -77,6 +77,32 @@ class Settings(BaseSettings):
     port: int = Field(9000, ge=0, le=65535, description="Router port.")
     worker_host: str = Field("127.0.0.1", description="Address workers bind to.")
 
+    # --- router: pool, admission, proxy ---------------------------------------------------------
+    max_workers: int = Field(0, ge=0, description="Most workers in total; 0 = auto (max_workers_per_gpu "
+                             "per GPU, or 2 on a host without GPUs).")
+    max_workers_per_gpu: int = Field(2, ge=1, description="Most workers pinned to one GPU.")
+    gpu_memory_reserve_mib: int = Field(2048, ge=0, description="Free GPU memory (MiB) that must remain "
+                                        "after another worker loads; otherwise no more workers go there.")
+    ram_max_fraction: float = Field(0.85, gt=0, le=1, description="Host RAM fraction in use above which "
+                                    "no further worker is spawned.")
+    simulate_gpus: str = Field("", description="SIMULATION for tests on machines without GPUs: GPU sizes, "
+                               "e.g. '24GiB,24GiB' or '2x80GiB'. Workers still run on the CPU.")
+    simulate_gpu_worker_mib: int = Field(6144, ge=1, description="SIMULATION: GPU memory each worker "
+                                         "occupies on a simulated GPU.")
+    max_concurrent: int = Field(2, ge=1, description="Requests one worker holds at once (its slots).")
+    max_video_concurrent: int = Field(1, ge=1, description="Slots of a worker that videos may take at "
+                                      "once, so images do not starve behind videos.")
+    retry_after_image_min_s: float = Field(1.0, gt=0, description="Lower bound of retry_after_sec for images.")
+    retry_after_image_max_s: float = Field(30.0, gt=0, description="Upper bound of retry_after_sec for images.")
+    retry_after_video_min_s: float = Field(5.0, gt=0, description="Lower bound of retry_after_sec for videos.")
+    retry_after_video_max_s: float = Field(300.0, gt=0, description="Upper bound of retry_after_sec for videos.")
+    image_timeout_s: float = Field(120.0, gt=0, description="Router's wait for a worker's image answer.")
+    video_timeout_s: float = Field(900.0, gt=0, description="Router's wait for a worker's video answer.")
+    worker_connect_timeout_s: float = Field(2.0, gt=0, description="Router's wait to connect to a worker.")
+    worker_start_timeout_s: float = Field(600.0, gt=0, description="Longest a worker may take to become ready.")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests may "
+                                    "finish before workers are stopped.")
+
     # --- media -------------------------------------------------------------------------------
     media_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="Folders image_path/video_path may point into, separated by "
@@ -119,6 +145,11 @@ class Settings(BaseSettings):
     video_nsfw_review_threshold: float = Field(0.5, ge=0, le=1, description="NSFW score that asks for review.")
     video_fast_analysis_decode: bool = Field(False, description="Skip the deblocking filter while decoding "
                                              "(faster, slightly blockier frames).")
+
+    # --- testing -------------------------------------------------------------------------------
+    fault_injection: str = Field("", description="FOR TESTS ONLY, off when empty: faults a worker "
+                                 "injects into itself, e.g. 'exit_at_startup@w1', 'crash_after=5', "
+                                 "'hang_after=3@w0', 'oom_after=2' (comma-separated; @id targets one worker).")
 
     # --- logging -------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
@@ -187,6 +218,43 @@ class Settings(BaseSettings):
         return slack
 
 
+FAULT_KINDS = ("exit_at_startup", "crash_after", "hang_after", "oom_after")
+_FAULT_RE = re.compile(r"^(?P<kind>[a-z_]+)(?:=(?P<count>\d+))?(?:@(?P<worker>[\w.-]+))?$")
+
+
+def parse_faults(spec: str) -> list[tuple[str, int, str | None]]:
+    """'crash_after=5@w0,exit_at_startup' -> [(kind, count, worker id or None), ...]."""
+    faults = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        match = _FAULT_RE.match(part)
+        if not match or match.group("kind") not in FAULT_KINDS:
+            raise ValueError(f"expected faults like 'crash_after=5@w0' with kinds {', '.join(FAULT_KINDS)}; "
+                             f"got {part!r}")
+        kind, count = match.group("kind"), int(match.group("count") or 0)
+        if kind != "exit_at_startup" and count < 1:
+            raise ValueError(f"{kind} needs a count >= 1, e.g. {kind}=3")
+        faults.append((kind, count, match.group("worker")))
+    return faults
+
+
+_SIZE_RE = re.compile(r"^(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)\s*(MiB|GiB|MB|GB)?$", re.IGNORECASE)
+
+
+def parse_gpu_sizes(spec: str) -> list[int]:
+    """'24GiB,24GiB' or '2x80GiB' -> sizes in bytes (used only by the GPU simulation)."""
+    sizes: list[int] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        match = _SIZE_RE.match(part)
+        if not match:
+            raise ValueError(f"expected sizes like '24GiB,24GiB' or '2x80GiB', got {part!r}")
+        count = int(match.group(1) or 1)
+        unit = {"mib": MiB, "mb": MiB, "gib": 1024 * MiB, "gb": 1024 * MiB}[(match.group(3) or "GiB").lower()]
+        sizes.extend([int(float(match.group(2)) * unit)] * count)
+    if not sizes or len(sizes) > 64:
+        raise ValueError("expected between 1 and 64 simulated GPUs")
+    return sizes
+
+
 def _expected_form(field: str) -> str:
     """'an integer >= 1 and <= 512 (Most requests grouped ...)' from the field's own metadata."""
     info = Settings.model_fields.get(field)
@@ -236,6 +304,22 @@ def load_settings(**overrides: Any) -> Settings:
     if settings.video_nsfw_review_threshold > settings.video_nsfw_flag_threshold:
         raise SettingsError("invalid configuration:\n  FASTVLM_VIDEO_NSFW_REVIEW_THRESHOLD must not "
                             "exceed FASTVLM_VIDEO_NSFW_FLAG_THRESHOLD")
+    for kind in ("image", "video"):
+        low = getattr(settings, f"retry_after_{kind}_min_s")
+        high = getattr(settings, f"retry_after_{kind}_max_s")
+        if low > high:
+            raise SettingsError(f"invalid configuration:\n  FASTVLM_RETRY_AFTER_{kind.upper()}_MIN_S must not "
+                                f"exceed FASTVLM_RETRY_AFTER_{kind.upper()}_MAX_S")
+    if settings.fault_injection:
+        try:
+            parse_faults(settings.fault_injection)
+        except ValueError as exc:
+            raise SettingsError(f"invalid configuration:\n  FASTVLM_FAULT_INJECTION: {exc}") from None
+    if settings.simulate_gpus:
+        try:
+            parse_gpu_sizes(settings.simulate_gpus)
+        except ValueError as exc:
+            raise SettingsError(f"invalid configuration:\n  FASTVLM_SIMULATE_GPUS: {exc}") from None
     if settings.max_new_tokens > settings.max_new_tokens_limit:
         raise SettingsError("invalid configuration:\n  FASTVLM_MAX_NEW_TOKENS must not exceed "
                             "FASTVLM_MAX_NEW_TOKENS_LIMIT")

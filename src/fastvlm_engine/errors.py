@@ -27,7 +27,8 @@ clients branch on them.
     │   ├── NotReady                 503 not_ready
     │   ├── QueueFull                503 queue_full
     │   ├── WorkersBusy              503 workers_busy
-    │   └── NoReadyWorkers           503 no_ready_workers
+    │   ├── NoReadyWorkers           503 no_ready_workers
+    │   └── ShuttingDown             503 shutting_down
     ├── InferenceTimeout             504 inference_timeout
     ├── WorkerFailed                 502 worker_failed
     ├── WorkerTimeout                504 worker_timeout
@@ -63,6 +64,7 @@ __all__ = [
     "RateLimited",
     "RequestError",
     "RouteNotFound",
+    "ShuttingDown",
     "Unauthorized",
     "UnsupportedMedia",
     "VideoTooLong",
@@ -264,6 +266,11 @@ class WorkersBusy(CapacityError):
 class NoReadyWorkers(CapacityError):
     code = "no_ready_workers"
     default_message = "No worker is ready to serve requests."
+
+
+class ShuttingDown(CapacityError):
+    code = "shutting_down"
+    default_message = "The service is shutting down and takes no new requests."
 
 
 class InferenceTimeout(EngineError):

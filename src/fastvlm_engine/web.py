@@ -15,11 +15,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +38,7 @@ __all__ = [
     "RequestIdMiddleware",
     "json_body_openapi",
     "parse_json_body",
+    "parse_json_bytes",
     "error_response",
     "install_error_handlers",
     "request_id_of",
@@ -158,7 +158,11 @@ async def parse_json_body(request: Request, model: type[M]) -> M:
 
     Handlers call this after admission, so nothing is read for a request that is turned away.
     """
-    body = await request.body()
+    return parse_json_bytes(await request.body(), model)
+
+
+def parse_json_bytes(body: bytes, model: type[M]) -> M:
+    """Validate raw bytes as a JSON object of ``model``, raising InvalidJSON or InvalidRequest."""
     if not body.strip():
         raise InvalidJSON("The request body is empty; send a JSON object.")
     try:

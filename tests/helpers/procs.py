@@ -130,3 +130,73 @@ def start_worker(tmp_path: Path, model_dir: str, **settings: object) -> Proc:
 def wait_ready(proc: Proc, timeout: float = 120.0) -> None:
     wait_until(lambda: http("GET", proc.base_url + "/readyz", timeout=5)[0] == 200, timeout,
                f"{proc.base_url}/readyz", proc)
+
+
+def start_router(tmp_path: Path, model_dir: str, **settings: object) -> Proc:
+    """A real ``fastvlm serve`` (router + its spawned workers) on a free loopback port."""
+    port = free_port()
+    env = worker_env(model=model_dir, port=port, **settings)
+    proc = spawn([*FASTVLM, "serve"], env, tmp_path / f"router-{port}.log")
+    proc.base_url = f"http://127.0.0.1:{port}"
+    return proc
+
+
+def wait_workers_ready(proc: Proc, count: int, timeout: float = 180.0) -> dict:
+    """Wait until the router reports ``count`` ready workers; returns its /healthz."""
+    health: dict = {}
+
+    def enough() -> bool:
+        nonlocal health
+        status, _, health = http("GET", proc.base_url + "/healthz", timeout=5)
+        return status == 200 and health["ready_workers"] >= count
+
+    wait_until(enough, timeout, f"{count} ready worker(s) behind {proc.base_url}", proc, interval=0.2)
+    return health
+
+
+def worker_pids(health: dict) -> list[int]:
+    return [w["pid"] for w in health["workers"] if w.get("pid")]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _headers(head: bytes) -> dict:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def raw_exchange(base_url: str, head: bytes, chunks=(), timeout: float = 30.0) -> tuple[int, dict, dict]:
+    """Send a request piece by piece and read the answer as soon as the server gives one."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the body was done: what we want
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            data = sock.recv(65536)
+            if not data:
+                break
+            raw += data
+        header, _, rest = raw.partition(b"\r\n\r\n")
+        length = int(next((line.split(b":")[1] for line in header.split(b"\r\n")
+                           if line.lower().startswith(b"content-length")), b"0"))
+        while len(rest) < length:
+            data = sock.recv(65536)
+            if not data:
+                break
+            rest += data
+    return int(header.split(b" ")[1]), _headers(header), json.loads(rest[:length])

@@ -5,15 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
 
 import pytest
 
-from tests.helpers.images import encode, photo
-from tests.helpers.procs import FASTVLM, http, spawn, start_worker, wait_ready, wait_until, worker_env
+from tests.helpers.procs import FASTVLM, http, raw_exchange, spawn, start_worker, wait_ready, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -177,37 +175,10 @@ def test_json_is_accepted_without_content_type(worker):
     assert got == 200, answer
 
 
-def _raw_exchange(base_url: str, head: bytes, chunks) -> tuple[int, dict]:
-    """Send a request piece by piece and read the answer as soon as the server gives one."""
-    host, port = base_url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(head)
-        try:
-            for chunk in chunks:
-                sock.sendall(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server answered and closed before the body was done: what we want
-        raw = b""
-        while b"\r\n\r\n" not in raw:
-            data = sock.recv(65536)
-            if not data:
-                break
-            raw += data
-        header, _, rest = raw.partition(b"\r\n\r\n")
-        length = int(next((line.split(b":")[1] for line in header.split(b"\r\n")
-                           if line.lower().startswith(b"content-length")), b"0"))
-        while len(rest) < length:
-            data = sock.recv(65536)
-            if not data:
-                break
-            rest += data
-    return int(header.split(b" ")[1]), json.loads(rest[:length])
-
-
 def test_oversized_body_is_refused_before_it_is_read(worker):
     head = (b"POST /predict_image HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 999999999\r\n\r\n")
-    status, body = _raw_exchange(worker.base_url, head, [b'{"image_base64": "'])
+    status, _, body = raw_exchange(worker.base_url, head, [b'{"image_base64": "'])
     assert status == 413 and body["error"]["code"] == "payload_too_large"
 
 
@@ -216,7 +187,7 @@ def test_oversized_chunked_body_is_refused_while_streaming(worker):
             b"Transfer-Encoding: chunked\r\n\r\n")
     piece = b"A" * (1 << 20)
     chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
-    status, body = _raw_exchange(worker.base_url, head, (chunk for _ in range(40)))
+    status, _, body = raw_exchange(worker.base_url, head, (chunk for _ in range(40)))
     assert status == 413 and body["error"]["code"] == "payload_too_large"
 
 

@@ -21,7 +21,7 @@ from .prompts import sanitize_prompt
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["FastVLM", "Generation", "PreparedInput", "resolve_device", "resolve_dtype"]
+__all__ = ["FastVLM", "Generation", "PreparedInput", "is_fatal_device_error", "resolve_device", "resolve_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,20 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, setting)
+
+
+_FATAL_MARKERS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "device-side assert",
+                  "NCCL error", "illegal memory access", "unspecified launch failure")
+
+
+def is_fatal_device_error(exc: BaseException) -> bool:
+    """Out-of-memory and CUDA runtime errors leave the device in an unknown state: not retryable."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _FATAL_MARKERS)
 
 
 class _PerRowLimit:

@@ -135,8 +135,13 @@ def build_tiny_model(out_dir: str | Path, *, image_size: int = 256,
     if shape not in ("tiny", "0.5b"):
         raise ValueError("shape must be 'tiny' or '0.5b'")
     import torch
-    from transformers import (CLIPImageProcessor, FastVlmConfig, FastVlmForConditionalGeneration,
-                              GenerationConfig, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        FastVlmConfig,
+        FastVlmForConditionalGeneration,
+        GenerationConfig,
+        LlavaProcessor,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -35,10 +35,10 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, service: WorkerService | None = None, *,
+def create_app(settings: Settings, service: WorkerService | None = None, *, worker_id: str | None = None,
                on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
     """Build the worker app; ``on_load_failure`` lets the server exit when the model cannot load."""
-    service = service or WorkerService(settings)
+    service = service or WorkerService(settings, worker_id=worker_id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -9,29 +9,36 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from ..config import Settings
-from ..engine.batcher import BatchObserver, Batcher, BatchResult
+from ..engine.batcher import Batcher, BatchObserver, BatchResult
 from ..errors import InvalidRequest, NotReady
 from ..media import DecodedImage, decode_base64, decode_image, read_media
 from ..schemas import ImageInfo, ImageTiming, PredictImageRequest, PredictImageResponse, Usage
+from .faults import FaultInjector
 
 if TYPE_CHECKING:  # torch loads in WorkerService.load, after the HTTP port is already open
     from ..engine.model import FastVLM, Generation, PreparedInput
 
-__all__ = ["WorkerService", "WorkerState"]
+__all__ = ["EXIT_DEVICE_FAILED", "WorkerService", "WorkerState"]
+
+EXIT_DEVICE_FAILED = 4
+"""Exit status after an out-of-memory or CUDA error: the device state is unknown, so the worker
+ends and the router replaces it instead of leaving it half-alive."""
 
 log = logging.getLogger(__name__)
 
 
-class WorkerState(str, enum.Enum):
+class WorkerState(enum.StrEnum):
     LOADING = "loading"
     WARMING_UP = "warming_up"
     READY = "ready"
@@ -49,8 +56,11 @@ class _Prepared:
 class WorkerService:
     """One model on one device, fed by one batcher."""
 
-    def __init__(self, settings: Settings, *, observers: Sequence[BatchObserver] = ()) -> None:
+    def __init__(self, settings: Settings, *, worker_id: str | None = None,
+                 observers: Sequence[BatchObserver] = ()) -> None:
         self.settings = settings
+        self.worker_id = worker_id
+        self.faults = FaultInjector(settings.fault_injection, worker_id)
         self.state = WorkerState.LOADING
         self.state_reason = "loading the model"
         self.vlm: FastVLM | None = None
@@ -71,6 +81,7 @@ class WorkerService:
 
     def load(self) -> None:
         """Load, start the batcher and warm up; blocking (run it off the event loop)."""
+        self.faults.at_startup()
         try:
             import torch
 
@@ -84,13 +95,14 @@ class WorkerService:
                             "its text is meaningless")
             self.vlm = FastVLM.load(source, device=self.settings.device, dtype=self.settings.dtype, name=name)
             self.batcher = Batcher(
-                self.vlm.generate, max_batch_size=self.settings.max_batch_size,
+                _exit_on_fatal(self.faults.wrap_batch(self.vlm.generate)), max_batch_size=self.settings.max_batch_size,
                 max_batch_wait_s=self.settings.max_batch_wait_ms / 1000,
                 max_queue_size=self.settings.max_queue_size, timeout_s=self.settings.inference_timeout_s,
                 observers=self._observers).start()
             if self.settings.warmup:
                 self._set_state(WorkerState.WARMING_UP, "running a warm-up generation")
                 self._warm_up()
+            self.faults.arm()
             self._set_state(WorkerState.READY, "model loaded and warmed up")
             self._ready.set()
         except Exception as exc:
@@ -162,6 +174,7 @@ class WorkerService:
         """Answer one /predict_image request (media from a path under the roots or base64)."""
         started = time.monotonic()
         vlm, _ = self.require_ready()
+        self.faults.on_request()
         budget = self._token_budget(request.max_new_tokens)
         prompt = self._prompt(vlm, request.prompt)
 
@@ -195,6 +208,26 @@ class WorkerService:
             timing=ImageTiming(decode_ms=_ms(decoded_at - started), queue_ms=_ms(result.queue_s),
                                inference_ms=_ms(result.inference_s),
                                total_ms=_ms(time.monotonic() - started)))
+
+
+def _exit_on_fatal(run_batch: Callable[[Sequence[PreparedInput]], list[Generation]]
+                   ) -> Callable[[Sequence[PreparedInput]], list[Generation]]:
+    """End the process on out-of-memory or CUDA errors, with one clear log line."""
+    from ..engine.model import is_fatal_device_error
+
+    def guarded(batch: Sequence[PreparedInput]) -> list[Generation]:
+        try:
+            return run_batch(batch)
+        except Exception as exc:
+            if is_fatal_device_error(exc):
+                log.critical("fatal device error (%s: %s); exiting with status %d so the router replaces "
+                             "this worker", type(exc).__name__, exc, EXIT_DEVICE_FAILED)
+                logging.shutdown()
+                sys.stderr.flush()
+                os._exit(EXIT_DEVICE_FAILED)
+            raise
+
+    return guarded
 
 
 def _ms(seconds: float) -> float:

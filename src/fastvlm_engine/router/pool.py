@@ -1,0 +1,262 @@
+"""Spawning, watching and stopping worker processes.
+
+Each worker gets a loopback socket the router binds first (so its port is known and never
+raced), runs in its own session (stopped by process group) and dies with the router: the kernel
+sends it SIGKILL when the router's process dies (PR_SET_PDEATHSIG), and the worker also watches
+its parent PID. A worker that exits while starting is noticed at once through its exit status,
+and its last log lines are reported; the pool carries on with the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from ..config import Settings
+from .inventory import Inventory, host_ram_fraction
+from .placement import Placement
+from .upstream import Upstream
+from .workers import Device, Worker, WorkerState
+
+__all__ = ["WorkerPool"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_READY_POLL_S = 0.2
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: the kernel kills the child when the router dies, even by SIGKILL."""
+    def preexec() -> None:
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass  # not Linux: the worker's own parent watchdog still applies
+        if os.getppid() != parent_pid:  # the router died before prctl took effect
+            os._exit(1)
+    return preexec
+
+
+class WorkerPool:
+    """The router's workers: placement, processes, readiness, and shutdown."""
+
+    def __init__(self, settings: Settings, inventory: Inventory, upstream: Upstream,
+                 on_change: Callable[[Worker], None] | None = None) -> None:
+        self.settings = settings
+        self.inventory = inventory
+        self.upstream = upstream
+        self.placement = Placement(max_workers=settings.max_workers,
+                                   max_workers_per_gpu=settings.max_workers_per_gpu,
+                                   gpu_reserve_bytes=settings.gpu_memory_reserve_mib * 1024 * 1024,
+                                   ram_max_fraction=settings.ram_max_fraction)
+        self.workers: list[Worker] = []
+        self.draining = False
+        self._on_change = on_change
+        self._tasks: set[asyncio.Task] = set()
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._next_id = 0
+        self._gpu_footprint: dict[int, int] = {}
+        self._ram_per_worker: float = 0.0
+        self._stopping = False
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def ready(self) -> list[Worker]:
+        return [w for w in self.workers if w.state is WorkerState.READY]
+
+    def by_id(self, worker_id: str) -> Worker | None:
+        return next((w for w in self.workers if w.id == worker_id), None)
+
+    def counts(self) -> dict[Device, int]:
+        live = (WorkerState.STARTING, WorkerState.READY, WorkerState.RESTARTING, WorkerState.UNHEALTHY,
+                WorkerState.DRAINING)
+        counts: dict[Device, int] = {}
+        for w in self.workers:
+            if w.state in live:
+                counts[w.device] = counts.get(w.device, 0) + 1
+        return counts
+
+    # --- start-up ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn the first worker on every usable device; more follow as loads are measured."""
+        gpus = self.inventory.gpus()
+        devices = self.placement.initial(gpus, self.inventory.simulated)
+        if not devices:
+            log.error("no device has room for a worker (GPU free memory below the reserve)")
+        for device in devices:
+            await self.spawn(self._new_worker(device))
+
+    def _new_worker(self, device: Device) -> Worker:
+        worker = Worker(id=f"w{self._next_id}", device=device, host=self.settings.worker_host)
+        self._next_id += 1
+        self.workers.append(worker)
+        return worker
+
+    def _set(self, worker: Worker, state: WorkerState, reason: str) -> None:
+        worker.set_state(state, reason)
+        log.info("worker %s (%s) %s: %s", worker.id, worker.device.label, state.value, reason)
+        if self._on_change is not None:
+            self._on_change(worker)
+
+    def _spawn_task(self, coro: Any, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def spawn(self, worker: Worker) -> None:
+        """Start the worker's process on its device and watch it."""
+        sock = socket.socket(socket.AF_INET6 if ":" in worker.host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((worker.host, 0))
+            worker.port = sock.getsockname()[1]
+            env = {**os.environ, **worker.device.worker_env()}
+            args = [sys.executable, "-m", "fastvlm_engine.cli", "worker", "--fd", str(sock.fileno()),
+                    "--host", worker.host, "--parent-pid", str(os.getpid()), "--worker-id", worker.id]
+            gpu = worker.device.gpu
+            before = next((g.used_bytes for g in self.inventory.gpus() if g.index == gpu), None)
+            process = await asyncio.create_subprocess_exec(
+                *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, pass_fds=(sock.fileno(),), start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()))
+        except Exception as exc:
+            self._set(worker, WorkerState.FAILED, f"could not spawn: {exc}")
+            return
+        finally:
+            sock.close()  # the child holds its own copy
+        worker.pid, worker.exit_code, worker.started_at = process.pid, None, time.monotonic()
+        self._processes[worker.id] = process
+        self._set(worker, WorkerState.STARTING, f"process {process.pid} loading the model on port {worker.port}")
+        self._spawn_task(self._pump_output(worker, process), f"{worker.id}-output")
+        exited = self._spawn_task(self._watch_exit(worker, process), f"{worker.id}-exit")
+        self._spawn_task(self._await_ready(worker, process, exited, before), f"{worker.id}-ready")
+
+    async def _pump_output(self, worker: Worker, process: asyncio.subprocess.Process) -> None:
+        """Keep the last lines for diagnostics and pass them on to the router's stderr."""
+        if process.stdout is None:
+            return
+        while True:
+            line = await process.stdout.readline()
+            if not line:
+                return
+            text = line.decode(errors="replace").rstrip()
+            worker.log_tail.append(text)
+            print(text, file=sys.stderr, flush=True)
+
+    async def _watch_exit(self, worker: Worker, process: asyncio.subprocess.Process) -> int:
+        code = await process.wait()
+        worker.exit_code = code
+        if self._processes.get(worker.id) is process:
+            del self._processes[worker.id]
+        if worker.device.gpu is not None and worker.ready_at is not None:
+            self.inventory.worker_stopped(worker.device.gpu)
+        if self._stopping or worker.state is WorkerState.STOPPED:
+            return code
+        await asyncio.sleep(0.05)  # let the output pump drain the last lines
+        tail = "\n    ".join(list(worker.log_tail)[-15:]) or "(no output)"
+        was_starting = worker.state is WorkerState.STARTING
+        self._set(worker, WorkerState.FAILED,
+                  f"{'exited during start-up' if was_starting else 'exited'} with status {code}")
+        log.error("worker %s exited with status %s; last output:\n    %s", worker.id, code, tail)
+        return code
+
+    async def _await_ready(self, worker: Worker, process: asyncio.subprocess.Process,
+                           exited: asyncio.Task, gpu_used_before: int | None) -> None:
+        deadline = time.monotonic() + self.settings.worker_start_timeout_s
+        while time.monotonic() < deadline:
+            if exited.done() or self._stopping:
+                return
+            try:
+                response = await self.upstream.request("GET", worker.url + "/readyz", timeout_s=2.0)
+                if response.status == 200:
+                    self._became_ready(worker, gpu_used_before)
+                    return
+            except Exception:  # not listening yet, or busy loading
+                pass
+            await asyncio.wait({exited}, timeout=_READY_POLL_S)
+        if not exited.done():
+            self._set(worker, WorkerState.FAILED,
+                      f"not ready after {self.settings.worker_start_timeout_s:.0f}s; stopped")
+            await self._terminate(worker.id, process, grace=5.0)
+
+    def _became_ready(self, worker: Worker, gpu_used_before: int | None) -> None:
+        worker.ready_at = time.monotonic()
+        gpu = worker.device.gpu
+        if gpu is not None:
+            self.inventory.worker_started(gpu)
+            after = next((g.used_bytes for g in self.inventory.gpus() if g.index == gpu), None)
+            if gpu_used_before is not None and after is not None:
+                footprint = max(0, after - gpu_used_before)
+                worker.gpu_bytes = footprint
+                self._gpu_footprint[gpu] = max(footprint, self._gpu_footprint.get(gpu, 0))
+        try:
+            worker.rss_bytes = psutil.Process(worker.pid).memory_info().rss if worker.pid else None
+        except psutil.Error:
+            worker.rss_bytes = None
+        if worker.rss_bytes:
+            self._ram_per_worker = max(self._ram_per_worker,
+                                       worker.rss_bytes / psutil.virtual_memory().total)
+        took = worker.ready_at - (worker.started_at or worker.ready_at)
+        self._set(worker, WorkerState.READY, f"ready after {took:.1f}s")
+        self._grow()
+
+    def _grow(self) -> None:
+        """After a load is measured, start one more worker where memory and caps allow."""
+        if self.draining or self._stopping:
+            return
+        loading = frozenset(w.device.gpu for w in self.workers
+                            if w.state is WorkerState.STARTING and w.device.gpu is not None)
+        if any(w.state is WorkerState.STARTING and w.device.gpu is None for w in self.workers):
+            return  # a CPU worker is still loading: its RAM is not measured yet
+        device = self.placement.next_device(
+            self.inventory.gpus(), self.inventory.simulated, self.counts(), self._gpu_footprint,
+            host_ram_fraction(), self._ram_per_worker, loading)
+        if device is not None:
+            self._spawn_task(self.spawn(self._new_worker(device)), "grow")
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    async def _terminate(self, worker_id: str, process: asyncio.subprocess.Process, grace: float) -> None:
+        """SIGTERM the worker's process group, SIGKILL it after ``grace`` seconds."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            if process.returncode is not None:
+                break
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                await asyncio.wait_for(process.wait(), wait)
+            except TimeoutError:
+                continue
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # anything the worker left in its group
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop every worker (in parallel) and cancel the watchers."""
+        self._stopping = True
+        self.draining = True
+        for worker in self.workers:
+            if worker.state not in (WorkerState.FAILED, WorkerState.STOPPED):
+                worker.set_state(WorkerState.STOPPED, "router shutting down")
+        await asyncio.gather(*(self._terminate(wid, proc, grace) for wid, proc in list(self._processes.items())),
+                             return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

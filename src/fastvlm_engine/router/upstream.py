@@ -1,0 +1,91 @@
+"""Router → worker HTTP over one pooled aiohttp session.
+
+aiohttp exceptions are translated here and nowhere else (like httpx does with httpcore):
+a refused connection means the request never reached the worker (safe to try another), a
+connection lost mid-request means the worker failed, and a timeout is a timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from ..errors import WorkerFailed, WorkerTimeout
+
+__all__ = ["HOP_BY_HOP", "Upstream", "UpstreamResponse", "WorkerUnreachable", "end_to_end_headers"]
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "proxy-connection",
+})
+_RECOMPUTED = frozenset({"content-length", "date", "server"})
+
+
+class WorkerUnreachable(Exception):
+    """The connection was refused or could not be opened: the worker never saw the request."""
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def end_to_end_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Drop hop-by-hop headers (RFC 9110 §7.6.1), including any the Connection header names."""
+    named = {token.strip().lower() for value in (v for k, v in headers.items() if k.lower() == "connection")
+             for token in value.split(",")}
+    return {k: v for k, v in headers.items()
+            if k.lower() not in HOP_BY_HOP and k.lower() not in named and k.lower() not in _RECOMPUTED}
+
+
+@contextmanager
+def _translate() -> Iterator[None]:
+    try:
+        yield
+    except aiohttp.ClientConnectorError as exc:
+        raise WorkerUnreachable(str(exc)) from exc
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise WorkerTimeout() from exc
+    except aiohttp.ClientError as exc:  # disconnected, reset, bad payload ...
+        raise WorkerFailed("The worker's connection closed before it answered.") from exc
+
+
+class Upstream:
+    """A pooled client session for all router → worker calls."""
+
+    def __init__(self, *, connect_timeout_s: float, limit: int = 512) -> None:
+        self._connect_timeout = connect_timeout_s
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, keepalive_timeout=30,
+                                         enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                              skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Upstream used before start() or after close()")
+        return self._session
+
+    async def request(self, method: str, url: str, *, body: bytes | None = None,
+                      headers: Mapping[str, str] | None = None, timeout_s: float) -> UpstreamResponse:
+        """One call; raises WorkerUnreachable, WorkerFailed or WorkerTimeout."""
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self._connect_timeout)
+        with _translate():
+            async with self.session.request(method, url, data=body, headers=dict(headers or {}),
+                                            timeout=timeout, allow_redirects=False) as response:
+                payload = await response.read()
+                return UpstreamResponse(status=response.status, headers=dict(response.headers), body=payload)

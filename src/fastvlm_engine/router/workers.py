@@ -1,0 +1,90 @@
+"""The router's view of one worker: a slot in the pool that lives across process restarts."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .retry_after import Ewma
+
+__all__ = ["Device", "Worker", "WorkerState"]
+
+
+class WorkerState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    UNHEALTHY = "unhealthy"
+    RESTARTING = "restarting"
+    QUARANTINED = "quarantined"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a worker runs: the CPU, or one GPU (real or simulated)."""
+
+    gpu: int | None = None
+    simulated: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.gpu is None:
+            return "cpu"
+        return f"sim-gpu:{self.gpu}" if self.simulated else f"cuda:{self.gpu}"
+
+    def worker_env(self) -> dict[str, str]:
+        """Pin a worker to this device: it sees only its GPU, as cuda:0."""
+        if self.gpu is None or self.simulated:
+            return {"CUDA_VISIBLE_DEVICES": "", "FASTVLM_DEVICE": "cpu"}
+        return {"CUDA_VISIBLE_DEVICES": str(self.gpu), "FASTVLM_DEVICE": "cuda:0"}
+
+
+@dataclass(eq=False)
+class Worker:
+    id: str
+    device: Device
+    state: WorkerState = WorkerState.STARTING
+    reason: str = "spawning"
+    changed_at: float = field(default_factory=time.time)
+    port: int | None = None
+    pid: int | None = None
+    host: str = "127.0.0.1"
+    in_flight: int = 0
+    video_in_flight: int = 0
+    restarts: int = 0
+    exit_code: int | None = None
+    started_at: float | None = None
+    ready_at: float | None = None
+    gpu_bytes: int | None = None  # GPU memory its load took, when measurable
+    rss_bytes: int | None = None  # host memory after load
+    log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=200), repr=False)
+    _latency: dict[str, Ewma] = field(default_factory=dict, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def latency(self, endpoint: str) -> Ewma:
+        """Measured request duration on this worker (0 until measured, so new workers get tried)."""
+        if endpoint not in self._latency:
+            self._latency[endpoint] = Ewma(prior=0.0)
+        return self._latency[endpoint]
+
+    def set_state(self, state: WorkerState, reason: str) -> None:
+        self.state, self.reason, self.changed_at = state, reason, time.time()
+
+    def snapshot(self, max_concurrent: int) -> dict[str, Any]:
+        """What /healthz shows for this worker."""
+        return {
+            "id": self.id, "state": self.state.value, "reason": self.reason,
+            "since": round(self.changed_at, 3), "device": self.device.label, "pid": self.pid,
+            "port": self.port, "in_flight": self.in_flight, "video_in_flight": self.video_in_flight,
+            "max_concurrent": max_concurrent, "restarts": self.restarts,
+            "latency_ms": {endpoint: round(ewma.get() * 1000, 1) for endpoint, ewma in self._latency.items()
+                           if ewma.value is not None},
+        }
