@@ -40,6 +40,17 @@ def vlm(tiny_model_dir):
 @pytest.fixture(scope="session")
 def media_root(tmp_path_factory):
     """A media root holding a few real photos (scikit-image's bundled samples) and test images."""
+    from fastvlm_engine.sample_media.video import write_sample_video
+
     root = tmp_path_factory.mktemp("media")
     write_sample_images(root)
+    write_sample_video(root / "sample.mp4")
     return root
+
+
+@pytest.fixture(scope="session")
+def long_clip(media_root):
+    """A 170 s clip (small frames) inside media_root: long to analyse, cheap to make."""
+    from tests.fixtures.videos import make_long_video
+
+    return make_long_video(media_root, seconds=170, size=(256, 144))

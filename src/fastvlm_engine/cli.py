@@ -31,6 +31,13 @@ def _configure_logging(level: str, process: str = "") -> None:
                         stream=sys.stderr)
 
 
+def _quiet_ffmpeg() -> None:
+    """Silence FFmpeg's own decoder chatter; bad videos are reported through our error codes."""
+    import av.logging
+
+    av.logging.set_level(av.logging.FATAL)
+
+
 def _print_json(document: dict) -> None:
     print(json.dumps(document, indent=2, ensure_ascii=False))
 
@@ -40,6 +47,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     _configure_logging(settings.log_level, args.worker_id or "worker")
+    _quiet_ffmpeg()
     return run_worker(settings, host=args.host or settings.worker_host, port=args.port, fd=args.fd,
                       parent_pid=args.parent_pid, worker_id=args.worker_id)
 
@@ -81,6 +89,25 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summarize(args: argparse.Namespace) -> int:
+    settings = _settings(warmup=False)
+    _configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    _quiet_ffmpeg()
+    if not Path(args.video).is_file():
+        print(f"fastvlm: no file at {args.video}", file=sys.stderr)
+        return 1
+    service = _in_process_service(settings)
+    try:
+        result = asyncio.run(service.summarize_file(args.video))
+    except EngineError as exc:
+        _print_json(exc.to_body())
+        return 1
+    finally:
+        service.stop()
+    _print_json(result.model_dump())
+    return 0
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from .engine.tiny import build_tiny_model
 
@@ -92,14 +119,18 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_media(args: argparse.Namespace) -> int:
-    """Copy the bundled sample photos (public domain / CC0, from scikit-image) into a folder."""
+    """Copy the bundled sample photos (public domain / CC0, from scikit-image) and make a sample video."""
     from importlib.resources import files
+
+    from .sample_media.video import write_sample_video
 
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
     for item in files("fastvlm_engine.sample_media").iterdir():
         if item.name.endswith(".jpg"):
             (out / item.name).write_bytes(item.read_bytes())
+    if not (out / "sample.mp4").exists():
+        write_sample_video(out / "sample.mp4")
     print(f"sample media in {out.resolve()}; serve it with FASTVLM_MEDIA_ROOTS={out.resolve()}")
     return 0
 
@@ -161,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--prompt", default=None)
     describe.add_argument("--max-new-tokens", type=int, default=None)
     describe.set_defaults(func=cmd_describe)
+
+    summarize = sub.add_parser("summarize", help="describe one video in-process and print the JSON")
+    summarize.add_argument("video")
+    summarize.set_defaults(func=cmd_summarize)
 
     tiny = sub.add_parser("tiny-model", help="build a randomly initialised FastVLM for tests/benchmarks")
     tiny.add_argument("dir")

@@ -96,7 +96,7 @@ class VideoInfo(BaseModel):
     fps: float
     width: int = Field(description="Display width, after rotation.")
     height: int = Field(description="Display height, after rotation.")
-    rotation: int = Field(description="Degrees the stored frames were rotated for display.")
+    rotation: int = Field(description="Clockwise degrees (0/90/180/270) applied to the stored frames for display.")
     frames_total: int = Field(description="Frames decoded.")
 
 

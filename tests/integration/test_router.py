@@ -363,3 +363,32 @@ def test_a_worker_killed_under_load_loses_no_image_request(tmp_path, tiny_model_
         assert "exited" in w0["reason"] or w0["state"] in ("restarting", "starting", "unhealthy")
     finally:
         proc.stop()
+
+
+def test_videos_are_forwarded(router):
+    status, headers, doc = post(router, {"video_path": "sample.mp4"}, path="/summarize_video")
+    assert status == 200, doc
+    assert doc["scenes_detected"] == 3 and doc["video"]["width"] == 360
+    assert headers["x-fastvlm-worker"] in {"w0", "w1"}
+
+
+def test_images_are_not_starved_by_videos(router, long_clip):
+    """Each worker lets videos hold at most one of its two slots; the other stays for images."""
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        post(router, {"video_path": long_clip.path.name}, path="/summarize_video", timeout=300)[0]))
+        for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: [w["video_in_flight"] for w in http("GET", router.base_url + "/healthz")[2]["workers"]]
+                   == [1, 1], 30, "both workers to hold a video", interval=0.005)
+        third_video = post(router, {"video_path": long_clip.path.name}, path="/summarize_video")
+        image = post(router, {"image_path": "coffee.jpg", "max_new_tokens": 4})
+    finally:
+        for t in threads:
+            t.join(300)
+    assert third_video[0] == 503 and third_video[2]["error"]["code"] == "workers_busy"
+    assert 5.0 <= third_video[2]["error"]["retry_after_sec"] <= 300.0  # the video bounds apply
+    assert image[0] == 200
+    assert results == [200, 200]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .prompts import sanitize_prompt
+from .prompts import sanitize_prompt, strip_controls
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -197,5 +197,5 @@ class FastVLM:
                 break
         else:
             kept, reason = tokens, "length"
-        text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        text = strip_controls(self.tokenizer.decode(kept, skip_special_tokens=True)).strip()
         return Generation(text=text, token_ids=tuple(kept), finish_reason=reason, prompt_tokens=prompt_tokens)

@@ -10,17 +10,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["sanitize_prompt"]
+__all__ = ["strip_controls", "sanitize_prompt"]
 
 # C0/C1 control characters other than tab and newline carry no meaning in a prompt.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def strip_controls(text: str) -> str:
+    """Remove control characters other than tab and newline (from prompts and model output)."""
+    return _CONTROL.sub("", text)
 
 
 def sanitize_prompt(text: str, reserved: Iterable[str]) -> str:
     """Remove every reserved token string (repeatedly) and control characters; trim whitespace."""
     tokens = sorted({t for t in reserved if t}, key=len, reverse=True)
     pattern = re.compile("|".join(re.escape(t) for t in tokens)) if tokens else None
-    text = _CONTROL.sub("", text)
+    text = strip_controls(text)
     while pattern is not None:
         cleaned = pattern.sub("", text)
         if cleaned == text:

@@ -18,7 +18,13 @@ from fastapi.responses import JSONResponse
 
 from ..config import Settings
 from ..errors import NotReady
-from ..schemas import PredictImageRequest, PredictImageResponse, error_responses
+from ..schemas import (
+    PredictImageRequest,
+    PredictImageResponse,
+    SummarizeVideoRequest,
+    SummarizeVideoResponse,
+    error_responses,
+)
 from ..web import (
     BodyLimitMiddleware,
     RequestIdMiddleware,
@@ -95,5 +101,13 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
     async def predict_image(request: Request) -> PredictImageResponse:
         service.require_ready()
         return await service.predict_image(await parse_json_body(request, PredictImageRequest))
+
+    @app.post("/summarize_video", response_model=SummarizeVideoResponse,
+              openapi_extra=json_body_openapi(SummarizeVideoRequest),
+              responses=error_responses(400, 403, 404, 413, 415, 422, 503, 504),
+              summary="Describe a short video: scenes, keyframe captions, summary, safety flags, tags.")
+    async def summarize_video(request: Request) -> SummarizeVideoResponse:
+        service.require_ready()
+        return await service.summarize_video(await parse_json_body(request, SummarizeVideoRequest))
 
     return app

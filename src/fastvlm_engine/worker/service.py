@@ -22,14 +22,22 @@ from PIL import Image
 from ..config import Settings
 from ..engine.batcher import Batcher, BatchObserver, BatchResult
 from ..errors import InvalidRequest, NotReady
-from ..media import DecodedImage, decode_base64, decode_image, read_media
-from ..schemas import ImageInfo, ImageTiming, PredictImageRequest, PredictImageResponse, Usage
+from ..media import DecodedImage, decode_base64, decode_image, open_media, read_media
+from ..schemas import (
+    ImageInfo,
+    ImageTiming,
+    PredictImageRequest,
+    PredictImageResponse,
+    SummarizeVideoRequest,
+    SummarizeVideoResponse,
+    Usage,
+)
 from .faults import FaultInjector
 
 if TYPE_CHECKING:  # torch loads in WorkerService.load, after the HTTP port is already open
     from ..engine.model import FastVLM, Generation, PreparedInput
 
-__all__ = ["EXIT_DEVICE_FAILED", "WorkerService", "WorkerState"]
+__all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "WorkerService", "WorkerState"]
 
 EXIT_DEVICE_FAILED = 4
 """Exit status after an out-of-memory or CUDA error: the device state is unknown, so the worker
@@ -102,6 +110,9 @@ class WorkerService:
             if self.settings.warmup:
                 self._set_state(WorkerState.WARMING_UP, "running a warm-up generation")
                 self._warm_up()
+                from ..video import default_safety_checker
+
+                default_safety_checker().load()  # the first video should not pay for it
             self.faults.arm()
             self._set_state(WorkerState.READY, "model loaded and warmed up")
             self._ready.set()
@@ -194,6 +205,29 @@ class WorkerService:
         prepared = await asyncio.to_thread(self._decode_and_prepare, vlm, data, text, budget)
         return await self._run(prepared, started)
 
+    async def summarize_video(self, request: SummarizeVideoRequest) -> SummarizeVideoResponse:
+        """Answer one /summarize_video request (a path under the roots or base64)."""
+        from ..video import summarize_video
+
+        vlm, batcher = self.require_ready()
+        limit = self.settings.video_max_bytes
+        if request.video_base64 is not None:
+            data = await asyncio.to_thread(decode_base64, request.video_base64, field="video_base64",
+                                           max_bytes=limit)
+            return await summarize_video(data, self.settings, EngineCaptioner(vlm, batcher), model_name=vlm.name)
+        handle = await asyncio.to_thread(open_media, request.video_path or "", self.settings.media_roots, limit)
+        try:
+            return await summarize_video(handle, self.settings, EngineCaptioner(vlm, batcher), model_name=vlm.name)
+        finally:
+            handle.close()
+
+    async def summarize_file(self, path: str) -> SummarizeVideoResponse:
+        """Summarize a local video the caller chose (the CLI's path: no media roots apply)."""
+        from ..video import summarize_video
+
+        vlm, batcher = self.require_ready()
+        return await summarize_video(path, self.settings, EngineCaptioner(vlm, batcher), model_name=vlm.name)
+
     async def _run(self, prepared: _Prepared, started: float) -> PredictImageResponse:
         vlm, batcher = self.require_ready()
         decoded_at = time.monotonic()
@@ -208,6 +242,26 @@ class WorkerService:
             timing=ImageTiming(decode_ms=_ms(decoded_at - started), queue_ms=_ms(result.queue_s),
                                inference_ms=_ms(result.inference_s),
                                total_ms=_ms(time.monotonic() - started)))
+
+
+class EngineCaptioner:
+    """The video pipeline's view of the model: every frame goes through the shared batcher, so
+    one video's frames share batches with each other and with concurrent image requests."""
+
+    def __init__(self, vlm: FastVLM, batcher: Batcher[PreparedInput, Generation]) -> None:
+        self.vlm = vlm
+        self.batcher = batcher
+
+    async def caption(self, images: Sequence[Image.Image], prompts: Sequence[str],
+                      max_new_tokens: int) -> list[str]:
+        items = await asyncio.to_thread(
+            lambda: [self.vlm.prepare(image, prompt, max_new_tokens) for image, prompt in zip(images, prompts,
+                                                                                            strict=True)])
+        return [result.output.text for result in await self.batcher.run_many(items)]
+
+    async def complete(self, prompt: str, max_new_tokens: int) -> str:
+        item = await asyncio.to_thread(self.vlm.prepare, None, prompt, max_new_tokens)
+        return (await self.batcher.run(item)).output.text
 
 
 def _exit_on_fatal(run_batch: Callable[[Sequence[PreparedInput]], list[Generation]]

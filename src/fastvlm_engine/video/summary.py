@@ -1,0 +1,156 @@
+"""Text side of the video summary: the bounded summary prompt and the extractive fallback.
+
+The model writes the summary from the timestamped frame captions alone (a text-only
+generation), so the prompt must stay within ``video_summary_context_chars``. When captions do
+not fit, every caption is shortened equally at a word boundary; when even short captions do not
+fit, an evenly spaced subset is kept. Timestamps are always kept, so the model can order events.
+
+The extractive summary (``video_summary_mode = "extractive"``, or when the model returns
+nothing) greedily picks a few captions that are representative yet different from each other by
+word-set (Jaccard) similarity, and lists them in time order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+__all__ = [
+    "EXTRACTIVE_MAX_CAPTIONS",
+    "MIN_CAPTION_CHARS",
+    "build_summary_prompt",
+    "caption_lines",
+    "extractive_summary",
+    "format_timestamp",
+]
+
+MIN_CAPTION_CHARS = 40
+"""Shortest a caption is cut to before captions are dropped instead."""
+EXTRACTIVE_MAX_CAPTIONS = 3
+"""Captions an extractive summary is made of."""
+EXTRACTIVE_MIN_NOVELTY = 0.2
+"""A caption sharing more than 80 % of its words (Jaccard) with a chosen one adds nothing."""
+
+_PROMPT_HEAD = ("Below are descriptions of frames from a {duration} video, each with the time of the "
+                "frame.\n\n")
+_PROMPT_TAIL = ("\n\nWrite a short summary of the whole video in two or three sentences: what happens, "
+                "who or what appears, and the setting. Do not mention frames or timestamps.")
+_WORD = re.compile(r"[a-z0-9']+")
+_STOPWORDS = frozenset(
+    "a an the and or of in on at to with is are was were be it its this that there their they "
+    "his her he she for from by as into onto over under while image picture frame photo shows "
+    "showing video".split())
+
+
+def format_timestamp(seconds: float) -> str:
+    """'12.4s' -- the form used in frame prompts and caption lines."""
+    return f"{max(0.0, seconds):.1f}s"
+
+
+def _shorten(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[:max(1, limit - 1)]
+    space = cut.rfind(" ")
+    if space >= limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.") + "…"
+
+
+def caption_lines(captions: Sequence[tuple[float, str]], max_chars: int) -> list[str]:
+    """'[12.4s] caption' lines, whose total length (with newlines) is at most ``max_chars``.
+
+    All captions are kept when they fit; otherwise each is shortened to an equal share; when a
+    share would fall below :data:`MIN_CAPTION_CHARS`, an evenly spaced subset is kept instead.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    items = [(t, " ".join(text.split())) for t, text in captions if text and text.strip()]
+    if not items:
+        return []
+
+    def line(t: float, text: str) -> str:
+        return f"[{format_timestamp(t)}] {text}"
+
+    def total(lines: list[str]) -> int:
+        return sum(len(x) for x in lines) + max(0, len(lines) - 1)
+
+    full = [line(t, text) for t, text in items]
+    if total(full) <= max_chars:
+        return full
+    prefix = max(len(line(t, "")) for t, _ in items) + 1  # "[123.4s] " plus the newline
+    keep = len(items)
+    while keep > 1 and max_chars // keep - prefix < MIN_CAPTION_CHARS:
+        keep -= 1
+    if keep < len(items):
+        step = len(items) / keep
+        items = [items[int(i * step + step / 2)] for i in range(keep)]
+    share = max(1, max_chars // len(items) - prefix)
+    lines = [line(t, _shorten(text, share)) for t, text in items]
+    while lines and total(lines) > max_chars:  # only when even one caption is too long
+        lines[-1] = lines[-1][:max(0, len(lines[-1]) - (total(lines) - max_chars))]
+        if not lines[-1]:
+            lines.pop()
+    return lines
+
+
+def build_summary_prompt(captions: Sequence[tuple[float, str]], *, duration: float,
+                         max_chars: int) -> str:
+    """The text-only prompt asking the model to summarise the video from its captions.
+
+    ``max_chars`` bounds the caption part (``video_summary_context_chars``); the fixed
+    instructions around it add about 300 characters.
+    """
+    lines = caption_lines(captions, max_chars)
+    head = _PROMPT_HEAD.format(duration=f"{max(0.0, duration):.1f}-second")
+    return head + "\n".join(lines) + _PROMPT_TAIL
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS)
+
+
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?…" else text + "."
+
+
+def extractive_summary(captions: Sequence[tuple[float, str]], *,
+                       max_captions: int = EXTRACTIVE_MAX_CAPTIONS) -> str:
+    """A few representative, mutually different captions joined in time order.
+
+    The first pick is the most central caption (highest mean Jaccard similarity to the
+    others); each next pick is the caption least similar to those already chosen (ties: the
+    earlier caption), stopping early when the rest repeat what is chosen.
+    """
+    if max_captions < 1:
+        raise ValueError(f"max_captions must be >= 1, got {max_captions}")
+    items = [(t, text.strip()) for t, text in captions if text and text.strip()]
+    if not items:
+        return ""
+    words = [_words(text) for _, text in items]
+    n = len(items)
+
+    def centrality(i: int) -> float:
+        return sum(_jaccard(words[i], words[j]) for j in range(n) if j != i) / max(1, n - 1)
+
+    chosen = [max(range(n), key=lambda i: (centrality(i), -i))]
+    while len(chosen) < min(max_captions, n):
+        def novelty(i: int) -> float:
+            return min(1.0 - _jaccard(words[i], words[j]) for j in chosen)
+
+        rest = [i for i in range(n) if i not in chosen]
+        best = max(rest, key=lambda i: (novelty(i), -i))
+        if novelty(best) < EXTRACTIVE_MIN_NOVELTY:
+            break
+        chosen.append(best)
+    return " ".join(_sentence(items[i][1]) for i in sorted(chosen, key=lambda i: (items[i][0], i)))
