@@ -49,7 +49,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level, args.worker_id or "worker")
     _quiet_ffmpeg()
     return run_worker(settings, host=args.host or settings.worker_host, port=args.port, fd=args.fd,
-                      parent_pid=args.parent_pid, worker_id=args.worker_id)
+                      parent_pid=args.parent_pid, worker_id=args.worker_id, incarnation=args.incarnation)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -147,6 +147,15 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .auth import new_key
+
+    key, digest = new_key()
+    print(f"key:    {key}\nsha256: {digest}\n\nGive the key to the client; put only the sha256 in the "
+          "server's configuration (FASTVLM_API_KEYS or FASTVLM_ADMIN_KEYS, comma-separated).")
+    return 0
+
+
 def errors_table() -> str:
     """Every error code with its HTTP status and meaning, as a Markdown table."""
     from .errors import ERROR_CODES
@@ -185,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
     worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     worker.add_argument("--worker-id", default=None, help=argparse.SUPPRESS)
+    worker.add_argument("--incarnation", type=int, default=0, help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
 
     describe = sub.add_parser("describe", help="describe one image in-process and print the JSON")
@@ -213,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     # `fastvlm client ...` is handed to the client's own parser in main(); listed here for --help.
     sub.add_parser("client", add_help=False,
                    help="call a running service with the reference client (retries, backoff)")
+
+    keys = sub.add_parser("keys", help="API/admin keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("new", help="print a fresh random key and the SHA-256 hash to configure")
+    keys.set_defaults(func=cmd_keys)
 
     show = sub.add_parser("settings", help="print the effective settings (or --markdown: the reference)")
     show.add_argument("--markdown", action="store_true", help="the settings reference table")

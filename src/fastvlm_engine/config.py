@@ -103,6 +103,24 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests may "
                                     "finish before workers are stopped.")
 
+    # --- self-healing (v0.2) -------------------------------------------------------------------
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="How often the router polls each worker's "
+                                        "/worker_health.")
+    heartbeat_timeout_s: float = Field(2.0, gt=0, description="How long one heartbeat may take.")
+    heartbeat_failures: int = Field(3, ge=1, description="Consecutive failed heartbeats that make a worker "
+                                    "unhealthy (it is then replaced).")
+    stall_timeout_s: float = Field(120.0, gt=0, description="A worker whose inference makes no progress for "
+                                   "this long while it has work is unhealthy, even if its HTTP answers.")
+    respawn_backoff_initial_s: float = Field(1.0, ge=0, description="Wait before replacing a failed worker; "
+                                             "doubles with each failure in the quarantine window.")
+    respawn_backoff_max_s: float = Field(60.0, ge=0, description="Longest wait before a replacement.")
+    quarantine_failures: int = Field(3, ge=1, description="Failures of one worker slot within "
+                                     "quarantine_window_s that quarantine it (no traffic, no respawn).")
+    quarantine_window_s: float = Field(600.0, gt=0, description="Window for counting a slot's failures.")
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="SHA-256 hex hashes of admin keys (comma-separated) for /admin "
+        "calls such as releasing a quarantined worker; none = admin API disabled.")
+
     # --- media -------------------------------------------------------------------------------
     media_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="Folders image_path/video_path may point into, separated by "
@@ -149,7 +167,8 @@ class Settings(BaseSettings):
     # --- testing -------------------------------------------------------------------------------
     fault_injection: str = Field("", description="FOR TESTS ONLY, off when empty: faults a worker "
                                  "injects into itself, e.g. 'exit_at_startup@w1', 'crash_after=5', "
-                                 "'hang_after=3@w0', 'oom_after=2' (comma-separated; @id targets one worker).")
+                                 "'hang_after=3@w0:once', 'oom_after=2' (comma-separated; @id targets "
+                                 "one worker, :once only its first process).")
 
     # --- logging -------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
@@ -166,6 +185,19 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("admin_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        return _split_list(value, ",")
+
+    @field_validator("admin_keys")
+    @classmethod
+    def _check_hashes(cls, hashes: list[str]) -> list[str]:
+        for digest in hashes:
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+                raise ValueError("expected SHA-256 hex digests (64 hex characters); `fastvlm keys new` makes one")
+        return [digest.lower() for digest in hashes]
 
     @field_validator("media_roots", mode="before")
     @classmethod
@@ -219,11 +251,14 @@ class Settings(BaseSettings):
 
 
 FAULT_KINDS = ("exit_at_startup", "crash_after", "hang_after", "oom_after")
-_FAULT_RE = re.compile(r"^(?P<kind>[a-z_]+)(?:=(?P<count>\d+))?(?:@(?P<worker>[\w.-]+))?$")
+_FAULT_RE = re.compile(r"^(?P<kind>[a-z_]+)(?:=(?P<count>\d+))?(?:@(?P<worker>[\w.-]+))?(?P<once>:once)?$")
 
 
-def parse_faults(spec: str) -> list[tuple[str, int, str | None]]:
-    """'crash_after=5@w0,exit_at_startup' -> [(kind, count, worker id or None), ...]."""
+def parse_faults(spec: str) -> list[tuple[str, int, str | None, bool]]:
+    """'crash_after=5@w0,exit_at_startup:once' -> [(kind, count, worker id or None, once), ...].
+
+    ``:once`` limits a fault to a worker slot's first process, so its replacement runs clean.
+    """
     faults = []
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         match = _FAULT_RE.match(part)
@@ -233,7 +268,7 @@ def parse_faults(spec: str) -> list[tuple[str, int, str | None]]:
         kind, count = match.group("kind"), int(match.group("count") or 0)
         if kind != "exit_at_startup" and count < 1:
             raise ValueError(f"{kind} needs a count >= 1, e.g. {kind}=3")
-        faults.append((kind, count, match.group("worker")))
+        faults.append((kind, count, match.group("worker"), bool(match.group("once"))))
     return faults
 
 

@@ -69,6 +69,8 @@ __all__ = [
     "UnsupportedMedia",
     "VideoTooLong",
     "WorkerFailed",
+    "WorkerNotFound",
+    "WorkerNotQuarantined",
     "WorkerTimeout",
     "WorkersBusy",
     "error_body",
@@ -180,6 +182,18 @@ class RateLimited(RequestError):
     code = "rate_limited"
     http_status = 429
     default_message = "Too many requests for this API key; slow down."
+
+
+class WorkerNotFound(RequestError):
+    code = "worker_not_found"
+    http_status = 404
+    default_message = "No worker has that id."
+
+
+class WorkerNotQuarantined(RequestError):
+    code = "worker_not_quarantined"
+    http_status = 409
+    default_message = "That worker is not quarantined."
 
 
 # --- media problems ------------------------------------------------------------------------

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from ..auth import KeyRing, key_id, presented_key
 from ..config import Settings
 from ..errors import (
     EngineError,
     NoReadyWorkers,
     ShuttingDown,
+    Unauthorized,
     WorkerFailed,
     WorkersBusy,
 )
@@ -113,8 +115,10 @@ async def _forward(state: RouterState, request: Request, lease: Lease, endpoint:
             return response, lease
         except WorkerUnreachable:
             log.warning("worker %s refused the connection; trying another", lease.worker.id)
-        except WorkerFailed:
+        except WorkerFailed as exc:
             if failures_left <= 0:
+                exc.retry_after_sec = state.settings.retry_after_video_min_s if endpoint == VIDEO \
+                    else state.settings.retry_after_image_min_s
                 raise
             failures_left -= 1
             log.warning("worker %s failed mid-request; retrying the image once elsewhere", lease.worker.id)
@@ -196,6 +200,24 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
             states = ", ".join(f"{w.id} {w.state.value}" for w in state.pool.workers) or "no workers"
             error = NoReadyWorkers(f"No worker is ready ({states}).")
         return error_response(error, request_id_of(request))
+
+    admins = KeyRing(settings.admin_keys)
+
+    def require_admin(request: Request) -> str:
+        if not admins:
+            raise Unauthorized("The admin API is disabled: configure FASTVLM_ADMIN_KEYS.")
+        who = admins.verify(presented_key(request.headers))
+        if who is None:
+            raise Unauthorized("A valid admin key is required.")
+        return who
+
+    @app.post("/admin/workers/{worker_id}/release", responses=error_responses(401, 404, 409),
+              summary="Admin: release a quarantined worker slot (starts a fresh process).")
+    async def release_worker(worker_id: str, request: Request) -> dict:
+        who = require_admin(request)
+        worker = await state.pool.release(worker_id)
+        log.warning("worker %s released from quarantine by admin key %s", worker_id, key_id(who))
+        return {"worker": worker.snapshot(state.admission.max_concurrent)}
 
     @app.post(IMAGE, response_model=PredictImageResponse, openapi_extra=json_body_openapi(PredictImageRequest),
               responses=error_responses(400, 403, 404, 413, 415, 422, 502, 503, 504),

@@ -1,16 +1,26 @@
-"""Spawning, watching and stopping worker processes.
+"""Spawning, watching, healing and stopping worker processes.
 
 Each worker gets a loopback socket the router binds first (so its port is known and never
 raced), runs in its own session (stopped by process group) and dies with the router: the kernel
 sends it SIGKILL when the router's process dies (PR_SET_PDEATHSIG), and the worker also watches
 its parent PID. A worker that exits while starting is noticed at once through its exit status,
 and its last log lines are reported; the pool carries on with the others.
+
+Self-healing: every ready worker answers a heartbeat (``/worker_health``) each
+``heartbeat_interval_s``. Missing ``heartbeat_failures`` in a row, or inference making no
+progress for ``stall_timeout_s`` while work is waiting, makes it unhealthy: it gets no traffic,
+is stopped by process group and replaced on the same device. Every exit, failed start or
+unhealthy verdict counts as a failure of that worker slot; replacements wait
+``respawn_backoff_initial_s`` doubling per failure in the window (up to the maximum), and
+``quarantine_failures`` within ``quarantine_window_s`` quarantine the slot until an admin
+releases it or the router restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -23,6 +33,7 @@ from typing import Any
 import psutil
 
 from ..config import Settings
+from ..errors import WorkerNotFound, WorkerNotQuarantined
 from .inventory import Inventory, host_ram_fraction
 from .placement import Placement
 from .upstream import Upstream
@@ -80,11 +91,10 @@ class WorkerPool:
         return next((w for w in self.workers if w.id == worker_id), None)
 
     def counts(self) -> dict[Device, int]:
-        live = (WorkerState.STARTING, WorkerState.READY, WorkerState.RESTARTING, WorkerState.UNHEALTHY,
-                WorkerState.DRAINING)
+        """Worker slots per device; quarantined slots still hold their place."""
         counts: dict[Device, int] = {}
         for w in self.workers:
-            if w.state in live:
+            if w.state is not WorkerState.STOPPED:
                 counts[w.device] = counts.get(w.device, 0) + 1
         return counts
 
@@ -98,6 +108,7 @@ class WorkerPool:
             log.error("no device has room for a worker (GPU free memory below the reserve)")
         for device in devices:
             await self.spawn(self._new_worker(device))
+        self._spawn_task(self._heartbeats(), "heartbeats")
 
     def _new_worker(self, device: Device) -> Worker:
         worker = Worker(id=f"w{self._next_id}", device=device, host=self.settings.worker_host)
@@ -126,7 +137,8 @@ class WorkerPool:
             worker.port = sock.getsockname()[1]
             env = {**os.environ, **worker.device.worker_env()}
             args = [sys.executable, "-m", "fastvlm_engine.cli", "worker", "--fd", str(sock.fileno()),
-                    "--host", worker.host, "--parent-pid", str(os.getpid()), "--worker-id", worker.id]
+                    "--host", worker.host, "--parent-pid", str(os.getpid()), "--worker-id", worker.id,
+                    "--incarnation", str(worker.restarts)]
             gpu = worker.device.gpu
             before = next((g.used_bytes for g in self.inventory.gpus() if g.index == gpu), None)
             process = await asyncio.create_subprocess_exec(
@@ -134,11 +146,12 @@ class WorkerPool:
                 stderr=asyncio.subprocess.STDOUT, pass_fds=(sock.fileno(),), start_new_session=True,
                 preexec_fn=_die_with_parent(os.getpid()))
         except Exception as exc:
-            self._set(worker, WorkerState.FAILED, f"could not spawn: {exc}")
+            sock.close()
+            self._fail(worker, f"could not spawn: {exc}")
             return
-        finally:
-            sock.close()  # the child holds its own copy
+        sock.close()  # the child holds its own copy
         worker.pid, worker.exit_code, worker.started_at = process.pid, None, time.monotonic()
+        worker.ready_at, worker.heartbeat_misses, worker.retiring, worker.health = None, 0, False, {}
         self._processes[worker.id] = process
         self._set(worker, WorkerState.STARTING, f"process {process.pid} loading the model on port {worker.port}")
         self._spawn_task(self._pump_output(worker, process), f"{worker.id}-output")
@@ -164,15 +177,105 @@ class WorkerPool:
             del self._processes[worker.id]
         if worker.device.gpu is not None and worker.ready_at is not None:
             self.inventory.worker_stopped(worker.device.gpu)
-        if self._stopping or worker.state is WorkerState.STOPPED:
+        if self._stopping or worker.retiring or worker.state is WorkerState.STOPPED:
             return code
         await asyncio.sleep(0.05)  # let the output pump drain the last lines
         tail = "\n    ".join(list(worker.log_tail)[-15:]) or "(no output)"
-        was_starting = worker.state is WorkerState.STARTING
-        self._set(worker, WorkerState.FAILED,
-                  f"{'exited during start-up' if was_starting else 'exited'} with status {code}")
-        log.error("worker %s exited with status %s; last output:\n    %s", worker.id, code, tail)
+        during = "during start-up " if worker.state is WorkerState.STARTING else ""
+        log.error("worker %s exited %swith status %s; last output:\n    %s", worker.id, during, code, tail)
+        self._fail(worker, f"exited {during}with status {code}")
         return code
+
+    # --- healing ----------------------------------------------------------------------------
+
+    def _fail(self, worker: Worker, reason: str) -> None:
+        """Count a failure of this slot, then respawn it after a backoff or quarantine it."""
+        now = time.monotonic()
+        worker.failures.append(now)
+        while worker.failures and worker.failures[0] < now - self.settings.quarantine_window_s:
+            worker.failures.popleft()
+        worker.last_failure = reason
+        if self._stopping:
+            return
+        count = len(worker.failures)
+        if count >= self.settings.quarantine_failures:
+            self._set(worker, WorkerState.QUARANTINED,
+                      f"{count} failures within {self.settings.quarantine_window_s:.0f}s (last: {reason}); "
+                      "release it with POST /admin/workers/{id}/release or restart the router")
+            return
+        delay = min(self.settings.respawn_backoff_max_s, self.settings.respawn_backoff_initial_s * 2 ** (count - 1))
+        self._set(worker, WorkerState.RESTARTING, f"{reason}; replacing it in {delay:.1f}s")
+        self._spawn_task(self._respawn_after(worker, delay), f"{worker.id}-respawn")
+
+    async def _respawn_after(self, worker: Worker, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._stopping or worker.state is not WorkerState.RESTARTING:
+            return
+        worker.restarts += 1
+        await self.spawn(worker)
+
+    async def _retire(self, worker: Worker, state: WorkerState, reason: str) -> None:
+        """Take a worker out of rotation, stop its process, then count the failure."""
+        self._set(worker, state, reason)
+        worker.retiring = True
+        process = self._processes.get(worker.id)
+        if process is not None:
+            await self._terminate(worker.id, process, grace=2.0)
+        self._fail(worker, reason)
+
+    async def _heartbeats(self) -> None:
+        interval = self.settings.heartbeat_interval_s
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            ready = [w for w in self.workers if w.state is WorkerState.READY]
+            await asyncio.gather(*(self._beat(w) for w in ready), return_exceptions=True)
+
+    async def _beat(self, worker: Worker) -> None:
+        try:
+            response = await self.upstream.request("GET", worker.url + "/worker_health",
+                                                   timeout_s=self.settings.heartbeat_timeout_s)
+            if response.status != 200:
+                raise ValueError(f"status {response.status}")
+            health = json.loads(response.body)
+        except Exception as exc:
+            if worker.state is not WorkerState.READY:
+                return
+            worker.heartbeat_misses += 1
+            log.warning("worker %s missed heartbeat %d/%d (%s)", worker.id, worker.heartbeat_misses,
+                        self.settings.heartbeat_failures, type(exc).__name__)
+            if worker.heartbeat_misses >= self.settings.heartbeat_failures:
+                await self._retire(worker, WorkerState.UNHEALTHY,
+                                   f"{worker.heartbeat_misses} heartbeats in a row failed")
+            return
+        if worker.state is not WorkerState.READY:
+            return
+        worker.heartbeat_misses, worker.health = 0, health
+        running = health.get("batch_running_for_s") or 0.0
+        has_work = bool(health.get("in_flight") or health.get("queue_depth"))
+        if running > self.settings.stall_timeout_s:
+            await self._retire(worker, WorkerState.UNHEALTHY, f"inference made no progress for {running:.0f}s")
+        elif has_work and not health.get("inference_thread_alive", True):
+            await self._retire(worker, WorkerState.UNHEALTHY, "its inference thread died with work queued")
+
+    async def release(self, worker_id: str) -> Worker:
+        """Admin: let a quarantined slot run again, starting a fresh process now."""
+        worker = self.by_id(worker_id)
+        if worker is None:
+            raise WorkerNotFound()
+        if worker.state is not WorkerState.QUARANTINED:
+            raise WorkerNotQuarantined(f"Worker {worker_id} is {worker.state.value}, not quarantined.")
+        worker.failures.clear()
+        worker.restarts += 1
+        self._set(worker, WorkerState.STARTING, "released from quarantine by an admin")
+        await self.spawn(worker)
+        return worker
+
+    def start_draining(self) -> None:
+        """Stop admitting: ready workers finish what they hold and take nothing new."""
+        self.draining = True
+        for worker in self.workers:
+            if worker.state is WorkerState.READY:
+                self._set(worker, WorkerState.DRAINING, "router shutting down; finishing in-flight requests")
 
     async def _await_ready(self, worker: Worker, process: asyncio.subprocess.Process,
                            exited: asyncio.Task, gpu_used_before: int | None) -> None:
@@ -187,11 +290,12 @@ class WorkerPool:
                     return
             except Exception:  # not listening yet, or busy loading
                 pass
+            if worker.retiring or worker.state is not WorkerState.STARTING:
+                return
             await asyncio.wait({exited}, timeout=_READY_POLL_S)
-        if not exited.done():
-            self._set(worker, WorkerState.FAILED,
-                      f"not ready after {self.settings.worker_start_timeout_s:.0f}s; stopped")
-            await self._terminate(worker.id, process, grace=5.0)
+        if not exited.done() and not self._stopping:
+            await self._retire(worker, WorkerState.UNHEALTHY,
+                               f"not ready after {self.settings.worker_start_timeout_s:.0f}s")
 
     def _became_ready(self, worker: Worker, gpu_used_before: int | None) -> None:
         worker.ready_at = time.monotonic()
@@ -253,8 +357,7 @@ class WorkerPool:
         self._stopping = True
         self.draining = True
         for worker in self.workers:
-            if worker.state not in (WorkerState.FAILED, WorkerState.STOPPED):
-                worker.set_state(WorkerState.STOPPED, "router shutting down")
+            worker.set_state(WorkerState.STOPPED, "router shutting down")
         await asyncio.gather(*(self._terminate(wid, proc, grace) for wid, proc in list(self._processes.items())),
                              return_exceptions=True)
         for task in list(self._tasks):

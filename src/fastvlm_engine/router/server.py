@@ -41,7 +41,7 @@ def run_router(settings: Settings) -> int:
             in_flight = sum(w.in_flight for w in pool.workers)
             log.info("signal received: admission stopped, %d request(s) in flight get up to %.0fs",
                      in_flight, settings.shutdown_grace_s)
-            pool.draining = True
+            pool.start_draining()
 
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                             lifespan="on", timeout_graceful_shutdown=settings.shutdown_grace_s,

@@ -20,7 +20,6 @@ class WorkerState(enum.StrEnum):
     UNHEALTHY = "unhealthy"
     RESTARTING = "restarting"
     QUARANTINED = "quarantined"
-    FAILED = "failed"
     STOPPED = "stopped"
 
 
@@ -62,6 +61,11 @@ class Worker:
     ready_at: float | None = None
     gpu_bytes: int | None = None  # GPU memory its load took, when measurable
     rss_bytes: int | None = None  # host memory after load
+    failures: deque[float] = field(default_factory=deque, repr=False)  # monotonic times, pruned to the window
+    last_failure: str | None = None
+    heartbeat_misses: int = 0
+    retiring: bool = False  # the router is stopping this process on purpose
+    health: dict[str, Any] = field(default_factory=dict, repr=False)  # last /worker_health answer
     log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=200), repr=False)
     _latency: dict[str, Ewma] = field(default_factory=dict, repr=False)
 
@@ -85,6 +89,9 @@ class Worker:
             "since": round(self.changed_at, 3), "device": self.device.label, "pid": self.pid,
             "port": self.port, "in_flight": self.in_flight, "video_in_flight": self.video_in_flight,
             "max_concurrent": max_concurrent, "restarts": self.restarts,
+            "failures_in_window": len(self.failures), "last_failure": self.last_failure,
+            "queue_depth": self.health.get("queue_depth"), "last_success_at": self.health.get("last_success_at"),
+            "memory": self.health.get("memory"),
             "latency_ms": {endpoint: round(ewma.get() * 1000, 1) for endpoint, ewma in self._latency.items()
                            if ewma.value is not None},
         }

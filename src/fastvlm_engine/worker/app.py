@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, service: WorkerService | None = None, *, worker_id: str | None = None,
-               on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
+               incarnation: int = 0, on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
     """Build the worker app; ``on_load_failure`` lets the server exit when the model cannot load."""
-    service = service or WorkerService(settings, worker_id=worker_id)
+    service = service or WorkerService(settings, worker_id=worker_id, incarnation=incarnation)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,6 +84,10 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
             "batch_running": bool(batcher and batcher.stats.busy_since is not None),
             "batches_run": batcher.stats.batches if batcher else 0,
         }
+
+    @app.get("/worker_health", summary="Heartbeat for the router: state, load, progress, memory.")
+    async def worker_health() -> dict:
+        return service.health()
 
     @app.get("/readyz", summary="Readiness: 200 once the model loaded and a warm-up generation succeeded.",
              responses=error_responses(503))

@@ -5,7 +5,7 @@ relying on luck: ``exit_at_startup`` exits before the model loads, ``crash_after
 process (SIGKILL) when the Nth request arrives, ``hang_after=N`` blocks the inference thread
 forever at the Nth batch while HTTP keeps answering, ``oom_after=N`` raises a CUDA
 out-of-memory error at the Nth batch (the warm-up batch does not count). ``@w1`` limits a
-fault to the worker with that id.
+fault to the worker with that id, ``:once`` to its first process (not its replacements).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ R = TypeVar("R")
 class FaultInjector:
     """The faults that apply to this worker, with their counters."""
 
-    def __init__(self, spec: str, worker_id: str | None) -> None:
-        self.faults = {kind: count for kind, count, target in parse_faults(spec)
-                       if target is None or target == worker_id}
+    def __init__(self, spec: str, worker_id: str | None, incarnation: int = 0) -> None:
+        self.faults = {kind: count for kind, count, target, once in parse_faults(spec)
+                       if (target is None or target == worker_id) and not (once and incarnation > 0)}
         self._requests = 0
         self._batches = 0
         self._armed = False

@@ -35,7 +35,7 @@ def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
 
 
 def run_worker(settings: Settings, *, host: str, port: int, fd: int | None = None,
-               parent_pid: int | None = None, worker_id: str | None = None) -> int:
+               parent_pid: int | None = None, worker_id: str | None = None, incarnation: int = 0) -> int:
     """Serve until SIGTERM/SIGINT (graceful) or a failed model load; returns the exit status."""
     if parent_pid is not None:
         _watch_parent(parent_pid)
@@ -47,7 +47,7 @@ def run_worker(settings: Settings, *, host: str, port: int, fd: int | None = Non
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, worker_id=worker_id, on_load_failure=on_load_failure)
+    app = create_app(settings, worker_id=worker_id, incarnation=incarnation, on_load_failure=on_load_failure)
     options = dict(log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=30,
                    server_header=False)
     sockets = None

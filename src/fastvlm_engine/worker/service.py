@@ -64,11 +64,12 @@ class _Prepared:
 class WorkerService:
     """One model on one device, fed by one batcher."""
 
-    def __init__(self, settings: Settings, *, worker_id: str | None = None,
+    def __init__(self, settings: Settings, *, worker_id: str | None = None, incarnation: int = 0,
                  observers: Sequence[BatchObserver] = ()) -> None:
         self.settings = settings
         self.worker_id = worker_id
-        self.faults = FaultInjector(settings.fault_injection, worker_id)
+        self.faults = FaultInjector(settings.fault_injection, worker_id, incarnation)
+        self.in_flight = 0
         self.state = WorkerState.LOADING
         self.state_reason = "loading the model"
         self.vlm: FastVLM | None = None
@@ -151,6 +152,26 @@ class WorkerService:
 
     # --- requests ---------------------------------------------------------------------------
 
+    def health(self) -> dict:
+        """Heartbeat payload for the router: read from counters, never from the model."""
+        vlm, batcher = self.vlm, self.batcher
+        stats = batcher.stats if batcher else None
+        busy_since = stats.busy_since if stats else None
+        return {
+            "state": self.state.value,
+            "reason": self.state_reason,
+            "in_flight": self.in_flight,
+            "queue_depth": batcher.queue_depth if batcher else 0,
+            "inference_thread_alive": bool(batcher and batcher.alive),
+            "batch_running_for_s": round(time.monotonic() - busy_since, 3) if busy_since is not None else None,
+            "batches": stats.batches if stats else 0,
+            "items": stats.items if stats else 0,
+            "failures": stats.failures if stats else 0,
+            "last_success_at": stats.last_success_at if stats else None,
+            "device": str(vlm.device) if vlm else None,
+            "memory": _memory_in_use(vlm),
+        }
+
     def _token_budget(self, requested: int | None) -> int:
         limit = self.settings.max_new_tokens_limit
         if requested is None:
@@ -186,14 +207,18 @@ class WorkerService:
         started = time.monotonic()
         vlm, _ = self.require_ready()
         self.faults.on_request()
-        budget = self._token_budget(request.max_new_tokens)
-        prompt = self._prompt(vlm, request.prompt)
+        self.in_flight += 1
+        try:
+            budget = self._token_budget(request.max_new_tokens)
+            prompt = self._prompt(vlm, request.prompt)
 
-        def load() -> _Prepared:
-            return self._decode_and_prepare(vlm, self._read_image(request), prompt, budget)
+            def load() -> _Prepared:
+                return self._decode_and_prepare(vlm, self._read_image(request), prompt, budget)
 
-        prepared = await asyncio.to_thread(load)
-        return await self._run(prepared, started)
+            prepared = await asyncio.to_thread(load)
+            return await self._run(prepared, started)
+        finally:
+            self.in_flight -= 1
 
     async def describe_bytes(self, data: bytes, prompt: str | None = None,
                              max_new_tokens: int | None = None) -> PredictImageResponse:
@@ -210,16 +235,23 @@ class WorkerService:
         from ..video import summarize_video
 
         vlm, batcher = self.require_ready()
+        self.faults.on_request()
         limit = self.settings.video_max_bytes
-        if request.video_base64 is not None:
-            data = await asyncio.to_thread(decode_base64, request.video_base64, field="video_base64",
-                                           max_bytes=limit)
-            return await summarize_video(data, self.settings, EngineCaptioner(vlm, batcher), model_name=vlm.name)
-        handle = await asyncio.to_thread(open_media, request.video_path or "", self.settings.media_roots, limit)
+        captioner = EngineCaptioner(vlm, batcher)
+        self.in_flight += 1
         try:
-            return await summarize_video(handle, self.settings, EngineCaptioner(vlm, batcher), model_name=vlm.name)
+            if request.video_base64 is not None:
+                data = await asyncio.to_thread(decode_base64, request.video_base64, field="video_base64",
+                                               max_bytes=limit)
+                return await summarize_video(data, self.settings, captioner, model_name=vlm.name)
+            handle = await asyncio.to_thread(open_media, request.video_path or "", self.settings.media_roots,
+                                             limit)
+            try:
+                return await summarize_video(handle, self.settings, captioner, model_name=vlm.name)
+            finally:
+                handle.close()
         finally:
-            handle.close()
+            self.in_flight -= 1
 
     async def summarize_file(self, path: str) -> SummarizeVideoResponse:
         """Summarize a local video the caller chose (the CLI's path: no media roots apply)."""
@@ -282,6 +314,18 @@ def _exit_on_fatal(run_batch: Callable[[Sequence[PreparedInput]], list[Generatio
             raise
 
     return guarded
+
+
+def _memory_in_use(vlm: FastVLM | None) -> dict[str, int]:
+    """Device memory on a GPU (allocated/reserved by torch), else this process's resident memory."""
+    if vlm is not None and vlm.device.type == "cuda":
+        import torch
+
+        return {"device_allocated_bytes": int(torch.cuda.memory_allocated(vlm.device)),
+                "device_reserved_bytes": int(torch.cuda.memory_reserved(vlm.device))}
+    import psutil
+
+    return {"host_rss_bytes": int(psutil.Process().memory_info().rss)}
 
 
 def _ms(seconds: float) -> float:
