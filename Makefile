@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test bench clean
+.PHONY: serve test bench clean prometheus
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,14 @@ serve: $(VENV)/.installed
 	$(BIN)/fastvlm sample-media media
 	FASTVLM_MEDIA_ROOTS="$${FASTVLM_MEDIA_ROOTS:-$(CURDIR)/media}" $(BIN)/fastvlm serve
 
-test: $(VENV)/.installed-test
+# The observability tests scrape with a real Prometheus server (Debian's package).
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "install Prometheus (Debian: sudo apt-get install prometheus) for the observability tests"; exit 1; fi; }
+
+test: $(VENV)/.installed-test prometheus
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-test

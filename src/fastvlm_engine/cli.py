@@ -25,10 +25,11 @@ def _settings(**overrides) -> Settings:
         raise SystemExit(2) from None
 
 
-def _configure_logging(level: str, process: str = "") -> None:
-    prefix = f"[{process}] " if process else ""
-    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
-                        stream=sys.stderr)
+def _configure_logging(settings: Settings, process: str, *, quiet: bool = False) -> None:
+    from .observability.logs import configure_logging
+
+    level = "WARNING" if quiet and settings.log_level == "INFO" else settings.log_level
+    configure_logging(level, settings.log_format, process)
 
 
 def _quiet_ffmpeg() -> None:
@@ -46,7 +47,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .worker.server import run_worker
 
     settings = _settings()
-    _configure_logging(settings.log_level, args.worker_id or "worker")
+    _configure_logging(settings, args.worker_id or "worker")
     _quiet_ffmpeg()
     return run_worker(settings, host=args.host or settings.worker_host, port=args.port, fd=args.fd,
                       parent_pid=args.parent_pid, worker_id=args.worker_id, incarnation=args.incarnation)
@@ -57,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {"host": args.host, "port": args.port, "max_workers": args.workers}
     settings = _settings(**overrides)
-    _configure_logging(settings.log_level, "router")
+    _configure_logging(settings, "router")
     return run_router(settings)
 
 
@@ -71,7 +72,7 @@ def _in_process_service(settings: Settings):
 
 def cmd_describe(args: argparse.Namespace) -> int:
     settings = _settings(warmup=False)
-    _configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    _configure_logging(settings, "cli", quiet=True)
     try:
         data = Path(args.image).read_bytes()
     except OSError as exc:
@@ -91,7 +92,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 def cmd_summarize(args: argparse.Namespace) -> int:
     settings = _settings(warmup=False)
-    _configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    _configure_logging(settings, "cli", quiet=True)
     _quiet_ffmpeg()
     if not Path(args.video).is_file():
         print(f"fastvlm: no file at {args.video}", file=sys.stderr)

@@ -442,6 +442,15 @@ class RetryEvent:
 RetryHook = Callable[[RetryEvent], None]
 
 
+def _inject_trace_context(headers: dict[str, str]) -> None:
+    """Continue the caller's OpenTelemetry trace (W3C traceparent) if OpenTelemetry is installed."""
+    try:
+        from opentelemetry.propagate import inject
+    except ImportError:
+        return
+    inject(headers)
+
+
 # --- one logical call -----------------------------------------------------------------------------
 
 class _Call:
@@ -474,6 +483,7 @@ class _Call:
         read = remaining if per_attempt is None else min(per_attempt, remaining)
         timeout = httpx.Timeout(read, connect=min(self.client.connect_timeout, remaining))
         headers = {REQUEST_ID_HEADER: self.request_id, ATTEMPT_HEADER: str(self.attempt)}
+        _inject_trace_context(headers)
         self.sent += 1
         return http.build_request(self.method, self.path, json=self.payload, headers=headers, timeout=timeout)
 

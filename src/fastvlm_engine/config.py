@@ -172,6 +172,8 @@ class Settings(BaseSettings):
 
     # --- logging -------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line; "
+                                                "text: human-readable lines.")
 
     @field_validator("device")
     @classmethod

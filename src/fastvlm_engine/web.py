@@ -31,6 +31,7 @@ from .errors import (
     RouteNotFound,
     error_body,
 )
+from .observability.logs import request_id_var
 
 __all__ = [
     "REQUEST_ID_HEADER",
@@ -69,6 +70,7 @@ class RequestIdMiddleware:
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -77,7 +79,10 @@ class RequestIdMiddleware:
                 message["headers"] = [*headers, header]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
 
 
 def error_response(exc: EngineError, request_id: str | None) -> JSONResponse:

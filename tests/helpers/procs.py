@@ -132,10 +132,11 @@ def wait_ready(proc: Proc, timeout: float = 120.0) -> None:
                f"{proc.base_url}/readyz", proc)
 
 
-def start_router(tmp_path: Path, model_dir: str, **settings: object) -> Proc:
+def start_router(tmp_path: Path, model_dir: str, *, extra_env: dict[str, str] | None = None,
+                 **settings: object) -> Proc:
     """A real ``fastvlm serve`` (router + its spawned workers) on a free loopback port."""
     port = free_port()
-    env = worker_env(model=model_dir, port=port, **settings)
+    env = {**worker_env(model=model_dir, port=port, **settings), **(extra_env or {})}
     proc = spawn([*FASTVLM, "serve"], env, tmp_path / f"router-{port}.log")
     proc.base_url = f"http://127.0.0.1:{port}"
     return proc

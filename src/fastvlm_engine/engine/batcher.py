@@ -10,12 +10,14 @@ A failing batch is re-run item by item so one bad input fails only its own reque
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -30,6 +32,9 @@ Out = TypeVar("Out")
 
 BatchObserver = Callable[[int, float], None]
 """Called after each batch with (batch size, seconds); failures are logged, never raised."""
+
+BatchContext = Callable[[Sequence[contextvars.Context], int], AbstractContextManager]
+"""Wraps each batch given the submitters' contexts (e.g. a tracing span linking their traces)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class _Job(Generic[In]):
     future: Future
     enqueued_at: float
     deadline: float
+    context: contextvars.Context  # the submitter's context vars (request id, trace)
 
 
 @dataclass
@@ -66,7 +72,8 @@ class Batcher(Generic[In, Out]):
 
     def __init__(self, run_batch: Callable[[Sequence[In]], Sequence[Out]], *, max_batch_size: int = 8,
                  max_batch_wait_s: float = 0.005, max_queue_size: int = 256, timeout_s: float = 600.0,
-                 observers: Sequence[BatchObserver] = (), name: str = "inference") -> None:
+                 observers: Sequence[BatchObserver] = (), batch_context: BatchContext | None = None,
+                 name: str = "inference") -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if max_batch_wait_s < 0:
@@ -78,6 +85,7 @@ class Batcher(Generic[In, Out]):
         self.max_batch_wait_s = max_batch_wait_s
         self.timeout_s = timeout_s
         self._observers = tuple(observers)
+        self._batch_context = batch_context or (lambda contexts, size: nullcontext())
         self._queue: queue.Queue[_Job[In] | None] = queue.Queue(maxsize=max_queue_size)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -121,7 +129,8 @@ class Batcher(Generic[In, Out]):
         if self._stopping.is_set():
             raise QueueFull("The worker is shutting down.")
         now = time.monotonic()
-        job = _Job(item=item, future=Future(), enqueued_at=now, deadline=now + self.timeout_s)
+        job = _Job(item=item, future=Future(), enqueued_at=now, deadline=now + self.timeout_s,
+                   context=contextvars.copy_context())
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -188,7 +197,8 @@ class Batcher(Generic[In, Out]):
         started = time.monotonic()
         self.stats.busy_since = started
         try:
-            outputs = self._run_batch([job.item for job in jobs])
+            with self._batch_context([job.context for job in jobs], len(jobs)):
+                outputs = self._run_batch([job.item for job in jobs])
             if len(outputs) != len(jobs):
                 raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {len(jobs)} inputs")
         except Exception as exc:

@@ -7,6 +7,7 @@ decoded or forwarded. The router never imports torch: it starts in well under a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.process_collector import ProcessCollector
 
 from ..auth import KeyRing, key_id, presented_key
 from ..config import Settings
@@ -25,6 +28,9 @@ from ..errors import (
     WorkerFailed,
     WorkersBusy,
 )
+from ..observability import tracing
+from ..observability.http import TelemetryMiddleware
+from ..observability.metrics import API_ENDPOINTS, CONTENT_TYPE, HttpMetrics, PoolCollector, render
 from ..schemas import (
     PredictImageRequest,
     PredictImageResponse,
@@ -57,6 +63,17 @@ WORKER_HEADER = "X-FastVLM-Worker"
 _SCHEMAS = {IMAGE: PredictImageRequest, VIDEO: SummarizeVideoRequest}
 
 
+class RouterMetrics(HttpMetrics):
+    """The router's own series; workers' series are merged in at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry, "fastvlm_")
+        self.busy_rejections = Counter("fastvlm_busy_rejections_total", "Requests shed with 503 because no "
+                                       "worker slot was free.", ["endpoint"], registry=registry)
+        for endpoint in API_ENDPOINTS:
+            self.busy_rejections.labels(endpoint)
+
+
 @dataclass
 class RouterState:
     settings: Settings
@@ -65,6 +82,8 @@ class RouterState:
     pool: WorkerPool
     admission: Admission
     retry_after: RetryAfterEstimator
+    registry: CollectorRegistry
+    metrics: RouterMetrics
 
     def timeout_for(self, endpoint: str) -> float:
         return self.settings.video_timeout_s if endpoint == VIDEO else self.settings.image_timeout_s
@@ -73,9 +92,14 @@ class RouterState:
 def build_state(settings: Settings, inventory: Inventory | None = None) -> RouterState:
     inventory = inventory or make_inventory(settings.simulate_gpus, settings.simulate_gpu_worker_mib)
     upstream = Upstream(connect_timeout_s=settings.worker_connect_timeout_s)
+    pool = WorkerPool(settings, inventory, upstream)
+    registry = CollectorRegistry()
+    registry.register(ProcessCollector(registry=None))
+    registry.register(PoolCollector(lambda: pool.workers, [s.value for s in WorkerState],
+                                    lambda: [] if inventory.simulated else inventory.gpus()))
     return RouterState(
-        settings=settings, inventory=inventory, upstream=upstream,
-        pool=WorkerPool(settings, inventory, upstream),
+        settings=settings, inventory=inventory, upstream=upstream, pool=pool,
+        registry=registry, metrics=RouterMetrics(registry),
         admission=Admission(settings.max_concurrent, settings.max_video_concurrent),
         retry_after=RetryAfterEstimator(
             bounds={IMAGE: (settings.retry_after_image_min_s, settings.retry_after_image_max_s),
@@ -88,6 +112,7 @@ def _shed(state: RouterState, endpoint: str, attempt: int) -> EngineError:
     pool, admission, estimator = state.pool, state.admission, state.retry_after
     ready = pool.ready()
     estimator.rejected(endpoint)
+    state.metrics.busy_rejections.labels(endpoint).inc()
     in_flight = sum(w.in_flight for w in ready)
     capacity = admission.capacity(ready, endpoint)
     wait = estimator.estimate(endpoint, in_flight=in_flight, capacity=capacity, attempt=attempt)
@@ -102,16 +127,15 @@ async def _forward(state: RouterState, request: Request, lease: Lease, endpoint:
                    body: bytes) -> tuple[UpstreamResponse, Lease]:
     """Send to the lease's worker; on a refused connection (never reached it) try another worker,
     and retry an image once on another worker if its worker died mid-request."""
-    headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id_of(request) or ""}
-    for name in ("traceparent", "tracestate"):
-        if name in request.headers:
-            headers[name] = request.headers[name]
     tried: list[str] = []
     failures_left = 1 if endpoint == IMAGE else 0
     while True:
         try:
-            response = await state.upstream.request("POST", lease.worker.url + endpoint, body=body,
-                                                    headers=headers, timeout_s=state.timeout_for(endpoint))
+            with tracing.span("proxy", tracing.SpanKind.CLIENT, **{"fastvlm.worker": lease.worker.id}):
+                headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id_of(request) or ""}
+                tracing.inject(headers)
+                response = await state.upstream.request("POST", lease.worker.url + endpoint, body=body,
+                                                        headers=headers, timeout_s=state.timeout_for(endpoint))
             return response, lease
         except WorkerUnreachable:
             log.warning("worker %s refused the connection; trying another", lease.worker.id)
@@ -136,9 +160,11 @@ async def _proxy(state: RouterState, request: Request, endpoint: str) -> Respons
     if state.pool.draining:
         raise ShuttingDown()
     attempt = parse_attempt(request.headers.get("x-retry-attempt"))
-    lease = state.admission.acquire(state.pool.workers, endpoint)
-    if lease is None:
-        raise _shed(state, endpoint, attempt)
+    with tracing.span("admission") as span:
+        lease = state.admission.acquire(state.pool.workers, endpoint)
+        span.set_attribute("fastvlm.admitted", lease is not None)
+        if lease is None:
+            raise _shed(state, endpoint, attempt)
     succeeded = False
     try:
         body = await request.body()
@@ -160,6 +186,7 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.setup_tracing("fastvlm-router", **{"fastvlm.role": "router"})
         await state.upstream.start()
         await state.pool.start()
         try:
@@ -168,11 +195,13 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
             await state.pool.stop(grace=max(5.0, settings.shutdown_grace_s))
             await state.upstream.close()
             state.inventory.close()
+            tracing.shutdown_tracing()
 
     app = FastAPI(title="FastVLM Descriptor Engine", version="0.1.0", lifespan=lifespan,
                   description="Router: admission, load shedding and proxying to FastVLM workers.")
     app.state.router = state
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
+    app.add_middleware(TelemetryMiddleware, metrics=state.metrics, endpoints=frozenset(API_ENDPOINTS))
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
 
@@ -200,6 +229,19 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
             states = ", ".join(f"{w.id} {w.state.value}" for w in state.pool.workers) or "no workers"
             error = NoReadyWorkers(f"No worker is ready ({states}).")
         return error_response(error, request_id_of(request))
+
+    @app.get("/metrics", summary="Prometheus metrics: the router's and every ready worker's (label worker).")
+    async def metrics() -> Response:
+        async def scrape(worker) -> tuple[str, str | None]:
+            try:
+                answer = await state.upstream.request("GET", worker.url + "/metrics", timeout_s=2.0)
+                return worker.id, answer.body.decode() if answer.status == 200 else None
+            except Exception:
+                return worker.id, None
+
+        results = await asyncio.gather(*(scrape(w) for w in state.pool.ready()))
+        texts = {worker_id: text for worker_id, text in results if text is not None}
+        return Response(render(state.registry, texts), media_type=CONTENT_TYPE)
 
     admins = KeyRing(settings.admin_keys)
 

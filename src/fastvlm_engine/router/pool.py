@@ -34,6 +34,7 @@ import psutil
 
 from ..config import Settings
 from ..errors import WorkerNotFound, WorkerNotQuarantined
+from ..observability.logs import wrap_foreign_line
 from .inventory import Inventory, host_ram_fraction
 from .placement import Placement
 from .upstream import Upstream
@@ -168,6 +169,8 @@ class WorkerPool:
                 return
             text = line.decode(errors="replace").rstrip()
             worker.log_tail.append(text)
+            if self.settings.log_format == "json":
+                text = wrap_foreign_line(text, worker.id)
             print(text, file=sys.stderr, flush=True)
 
     async def _watch_exit(self, worker: Worker, process: asyncio.subprocess.Process) -> int:

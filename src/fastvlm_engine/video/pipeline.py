@@ -27,6 +27,7 @@ from PIL import Image
 
 from ..config import Settings
 from ..errors import InferenceFailed
+from ..observability import tracing
 from ..schemas import Caption, SafetyFlag, Scene, SummarizeVideoResponse, VideoTiming
 from .analysis import VideoAnalysis, analyze_video
 from .lexicon import vibe_tags
@@ -82,18 +83,29 @@ async def summarize_video(source: VideoSource, settings: Settings, captioner: Ca
     """
     started = time.perf_counter()
     stop = threading.Event()
-    try:
-        analysis = await asyncio.to_thread(analyze_video, source, settings, stop=stop)
-    except asyncio.CancelledError:
-        stop.set()  # the decoding thread stops at its next frame
-        raise
+    analysis_started_ns = time.time_ns()
+    with tracing.span("video.analysis"):
+        try:
+            analysis = await asyncio.to_thread(analyze_video, source, settings, stop=stop)
+        except asyncio.CancelledError:
+            stop.set()  # the decoding thread stops at its next frame
+            raise
+        t = analysis.timings
+        tracing.record_stage_spans([("video.stats", t.stats_sec), ("video.scene_detection", t.scene_detection_sec),
+                                    ("video.frame_extraction", t.frame_extraction_sec),
+                                    ("video.dedupe", t.dedupe_sec)], analysis_started_ns)
     checker = safety if safety is not None else default_safety_checker()
     frames = [(k.t, k.image) for k in analysis.keyframes]
-    nsfw = asyncio.ensure_future(_timed_thread(
-        checker.nsfw_flags, frames, flag_threshold=settings.video_nsfw_flag_threshold,
-        review_threshold=settings.video_nsfw_review_threshold))
+
+    def nsfw_flags() -> list[SafetyFlag]:
+        with tracing.span("video.safety.nsfw", frames=len(frames)):
+            return checker.nsfw_flags(frames, flag_threshold=settings.video_nsfw_flag_threshold,
+                                      review_threshold=settings.video_nsfw_review_threshold)
+
+    nsfw = asyncio.ensure_future(_timed_thread(nsfw_flags))
     try:
-        texts, captioning_sec = await _timed(_caption(analysis, settings, captioner))
+        with tracing.span("video.captioning", frames=len(frames)):
+            texts, captioning_sec = await _timed(_caption(analysis, settings, captioner))
     except BaseException:
         nsfw.cancel()
         raise
@@ -103,22 +115,25 @@ async def summarize_video(source: VideoSource, settings: Settings, captioner: Ca
 
     summary_started = time.perf_counter()
     summary, summary_source = "", "extractive"
-    if settings.video_summary_mode == "model" and any(text for _, text in timed_captions):
-        prompt = build_summary_prompt(timed_captions, duration=analysis.info.duration_sec,
-                                      max_chars=settings.video_summary_context_chars)
-        summary = (await captioner.complete(prompt, settings.video_summary_max_new_tokens)).strip()
-        summary_source = "model"
-    if not summary:
-        summary, summary_source = extractive_summary(timed_captions), "extractive"
+    with tracing.span("video.summary", mode=settings.video_summary_mode):
+        if settings.video_summary_mode == "model" and any(text for _, text in timed_captions):
+            prompt = build_summary_prompt(timed_captions, duration=analysis.info.duration_sec,
+                                          max_chars=settings.video_summary_context_chars)
+            summary = (await captioner.complete(prompt, settings.video_summary_max_new_tokens)).strip()
+            summary_source = "model"
+        if not summary:
+            summary, summary_source = extractive_summary(timed_captions), "extractive"
     summary_sec = time.perf_counter() - summary_started
 
     tags_started = time.perf_counter()
-    vibe = vibe_tags([c.caption for c in captions], analysis.visual_tags)
+    with tracing.span("video.tags"):
+        vibe = vibe_tags([c.caption for c in captions], analysis.visual_tags)
     tags_sec = time.perf_counter() - tags_started
 
-    nsfw_flags, nsfw_sec = await nsfw
+    nsfw_found, nsfw_sec = await nsfw
     lexicon_started = time.perf_counter()
-    safety_flags: list[SafetyFlag] = nsfw_flags + caption_safety_flags(timed_captions)
+    with tracing.span("video.safety.lexicon"):
+        safety_flags: list[SafetyFlag] = nsfw_found + caption_safety_flags(timed_captions)
     safety_sec = nsfw_sec + time.perf_counter() - lexicon_started
 
     timings = analysis.timings

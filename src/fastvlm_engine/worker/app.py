@@ -14,10 +14,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry
 
 from ..config import Settings
 from ..errors import NotReady
+from ..observability import tracing
+from ..observability.http import QUEUE_HEADER, TelemetryMiddleware
+from ..observability.metrics import API_ENDPOINTS, CONTENT_TYPE, WorkerMetrics, render
 from ..schemas import (
     PredictImageRequest,
     PredictImageResponse,
@@ -44,10 +48,13 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, service: WorkerService | None = None, *, worker_id: str | None = None,
                incarnation: int = 0, on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
     """Build the worker app; ``on_load_failure`` lets the server exit when the model cannot load."""
-    service = service or WorkerService(settings, worker_id=worker_id, incarnation=incarnation)
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    service = service or WorkerService(settings, worker_id=worker_id, incarnation=incarnation, metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.setup_tracing("fastvlm-worker", **{"fastvlm.role": "worker", "fastvlm.worker": worker_id or ""})
         loader = asyncio.create_task(asyncio.to_thread(service.load), name="model-load")
 
         def _done(task: asyncio.Task) -> None:
@@ -62,10 +69,12 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
             yield
         finally:
             service.stop()
+            tracing.shutdown_tracing()
 
     app = FastAPI(title="FastVLM worker", version="0.1.0", lifespan=lifespan)
     app.state.service = service
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
+    app.add_middleware(TelemetryMiddleware, metrics=metrics, endpoints=frozenset(API_ENDPOINTS))
     app.add_middleware(RequestIdMiddleware)  # outermost: every response, 413s included, gets an id
     install_error_handlers(app)
 
@@ -85,6 +94,10 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
             "batches_run": batcher.stats.batches if batcher else 0,
         }
 
+    @app.get("/metrics", summary="This worker's Prometheus metrics (the router's /metrics includes them).")
+    async def metrics_endpoint() -> Response:
+        return Response(render(registry), media_type=CONTENT_TYPE)
+
     @app.get("/worker_health", summary="Heartbeat for the router: state, load, progress, memory.")
     async def worker_health() -> dict:
         return service.health()
@@ -102,9 +115,10 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
               openapi_extra=json_body_openapi(PredictImageRequest),
               responses=error_responses(400, 403, 404, 413, 415, 422, 503, 504),
               summary="Caption an image or answer a prompt about it.")
-    async def predict_image(request: Request) -> PredictImageResponse:
+    async def predict_image(request: Request) -> Response:
         service.require_ready()
-        return await service.predict_image(await parse_json_body(request, PredictImageRequest))
+        result = await service.predict_image(await parse_json_body(request, PredictImageRequest))
+        return JSONResponse(result.model_dump(), headers={QUEUE_HEADER: str(result.timing.queue_ms)})
 
     @app.post("/summarize_video", response_model=SummarizeVideoResponse,
               openapi_extra=json_body_openapi(SummarizeVideoRequest),

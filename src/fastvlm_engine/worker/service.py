@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from ..config import Settings
-from ..engine.batcher import Batcher, BatchObserver, BatchResult
+from ..engine.batcher import Batcher, BatchResult
 from ..errors import InvalidRequest, NotReady
 from ..media import DecodedImage, decode_base64, decode_image, open_media, read_media
+from ..observability import tracing
+from ..observability.metrics import WorkerMetrics
 from ..schemas import (
     ImageInfo,
     ImageTiming,
@@ -65,7 +67,7 @@ class WorkerService:
     """One model on one device, fed by one batcher."""
 
     def __init__(self, settings: Settings, *, worker_id: str | None = None, incarnation: int = 0,
-                 observers: Sequence[BatchObserver] = ()) -> None:
+                 metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.faults = FaultInjector(settings.fault_injection, worker_id, incarnation)
@@ -74,7 +76,7 @@ class WorkerService:
         self.state_reason = "loading the model"
         self.vlm: FastVLM | None = None
         self.batcher: Batcher[PreparedInput, Generation] | None = None
-        self._observers = tuple(observers)
+        self.metrics = metrics
         self._ready = threading.Event()
 
     # --- start-up ---------------------------------------------------------------------------
@@ -107,7 +109,8 @@ class WorkerService:
                 _exit_on_fatal(self.faults.wrap_batch(self.vlm.generate)), max_batch_size=self.settings.max_batch_size,
                 max_batch_wait_s=self.settings.max_batch_wait_ms / 1000,
                 max_queue_size=self.settings.max_queue_size, timeout_s=self.settings.inference_timeout_s,
-                observers=self._observers).start()
+                observers=[self.metrics.batch] if self.metrics else [],
+                batch_context=tracing.batch_span).start()
             if self.settings.warmup:
                 self._set_state(WorkerState.WARMING_UP, "running a warm-up generation")
                 self._warm_up()
@@ -213,7 +216,9 @@ class WorkerService:
             prompt = self._prompt(vlm, request.prompt)
 
             def load() -> _Prepared:
-                return self._decode_and_prepare(vlm, self._read_image(request), prompt, budget)
+                source = "path" if request.image_path else "base64"
+                with tracing.span("media.decode", **{"fastvlm.source": source}):
+                    return self._decode_and_prepare(vlm, self._read_image(request), prompt, budget)
 
             prepared = await asyncio.to_thread(load)
             return await self._run(prepared, started)
@@ -237,33 +242,43 @@ class WorkerService:
         vlm, batcher = self.require_ready()
         self.faults.on_request()
         limit = self.settings.video_max_bytes
-        captioner = EngineCaptioner(vlm, batcher)
+        captioner = EngineCaptioner(vlm, batcher, self._observe_queue)
         self.in_flight += 1
         try:
             if request.video_base64 is not None:
                 data = await asyncio.to_thread(decode_base64, request.video_base64, field="video_base64",
                                                max_bytes=limit)
-                return await summarize_video(data, self.settings, captioner, model_name=vlm.name)
-            handle = await asyncio.to_thread(open_media, request.video_path or "", self.settings.media_roots,
-                                             limit)
-            try:
-                return await summarize_video(handle, self.settings, captioner, model_name=vlm.name)
-            finally:
-                handle.close()
+                result = await summarize_video(data, self.settings, captioner, model_name=vlm.name)
+            else:
+                handle = await asyncio.to_thread(open_media, request.video_path or "", self.settings.media_roots,
+                                                 limit)
+                try:
+                    result = await summarize_video(handle, self.settings, captioner, model_name=vlm.name)
+                finally:
+                    handle.close()
         finally:
             self.in_flight -= 1
+        if self.metrics is not None:
+            self.metrics.video(result.timing.model_dump())
+        return result
+
+    def _observe_queue(self, result: BatchResult[Generation]) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_wait.observe(result.queue_s)
 
     async def summarize_file(self, path: str) -> SummarizeVideoResponse:
         """Summarize a local video the caller chose (the CLI's path: no media roots apply)."""
         from ..video import summarize_video
 
         vlm, batcher = self.require_ready()
-        return await summarize_video(path, self.settings, EngineCaptioner(vlm, batcher), model_name=vlm.name)
+        return await summarize_video(path, self.settings, EngineCaptioner(vlm, batcher, self._observe_queue),
+                                     model_name=vlm.name)
 
     async def _run(self, prepared: _Prepared, started: float) -> PredictImageResponse:
         vlm, batcher = self.require_ready()
         decoded_at = time.monotonic()
         result: BatchResult[Generation] = await batcher.run(prepared.item)
+        self._observe_queue(result)
         generation = result.output
         return PredictImageResponse(
             output=generation.text, prompt=prepared.prompt, model=vlm.name,
@@ -280,20 +295,27 @@ class EngineCaptioner:
     """The video pipeline's view of the model: every frame goes through the shared batcher, so
     one video's frames share batches with each other and with concurrent image requests."""
 
-    def __init__(self, vlm: FastVLM, batcher: Batcher[PreparedInput, Generation]) -> None:
+    def __init__(self, vlm: FastVLM, batcher: Batcher[PreparedInput, Generation],
+                 on_result: Callable[[BatchResult[Generation]], None] | None = None) -> None:
         self.vlm = vlm
         self.batcher = batcher
+        self._on_result = on_result or (lambda result: None)
 
     async def caption(self, images: Sequence[Image.Image], prompts: Sequence[str],
                       max_new_tokens: int) -> list[str]:
         items = await asyncio.to_thread(
             lambda: [self.vlm.prepare(image, prompt, max_new_tokens) for image, prompt in zip(images, prompts,
                                                                                             strict=True)])
-        return [result.output.text for result in await self.batcher.run_many(items)]
+        results = await self.batcher.run_many(items)
+        for result in results:
+            self._on_result(result)
+        return [result.output.text for result in results]
 
     async def complete(self, prompt: str, max_new_tokens: int) -> str:
         item = await asyncio.to_thread(self.vlm.prepare, None, prompt, max_new_tokens)
-        return (await self.batcher.run(item)).output.text
+        result = await self.batcher.run(item)
+        self._on_result(result)
+        return result.output.text
 
 
 def _exit_on_fatal(run_batch: Callable[[Sequence[PreparedInput]], list[Generation]]

@@ -1,0 +1,107 @@
+"""One pure-ASGI middleware for per-request telemetry, shared by router and workers.
+
+For the API endpoints it continues the caller's W3C trace in a server span, and when the
+response is done it records the request metrics and writes one access-log line: request id,
+trace id, endpoint, worker, status, error code, queue wait, latency, retry attempt and API key
+id (never the key). Health, readiness and metrics probes are left out of both, so they do not
+drown the signal. Per-request state lives in locals: the instance never changes after __init__.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .metrics import HttpMetrics
+from .tracing import extract, tracer
+
+__all__ = ["QUEUE_HEADER", "TelemetryMiddleware"]
+
+QUEUE_HEADER = "x-fastvlm-queue-ms"
+WORKER_HEADER = "x-fastvlm-worker"
+_ERROR_BODY_LIMIT = 16 * 1024
+access_log = logging.getLogger("fastvlm_engine.access")
+
+
+def _error_code(status: int, body: bytes) -> str:
+    if status < 400:
+        return "ok"
+    try:
+        return str(json.loads(body)["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return f"http_{status}"
+
+
+class TelemetryMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, endpoints: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.endpoints = endpoints
+
+    def _endpoint(self, path: str) -> str | None:
+        if path in self.endpoints:
+            return path
+        return "/admin" if path.startswith("/admin/") else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self._endpoint(scope.get("path", "")) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        started = time.perf_counter()
+        response: dict[str, Any] = {"status": 500, "headers": {}, "body": b""}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response["status"] = message["status"]
+                response["headers"] = {k.decode("latin-1").lower(): v.decode("latin-1")
+                                       for k, v in message.get("headers", [])}
+            elif message["type"] == "http.response.body" and response["status"] >= 400:
+                if len(response["body"]) < _ERROR_BODY_LIMIT:
+                    response["body"] += message.get("body", b"")
+            await send(message)
+
+        token = otel_context.attach(extract(headers))
+        try:
+            with tracer.start_as_current_span(f"{scope['method']} {endpoint}", kind=trace.SpanKind.SERVER,
+                                              attributes={"http.request.method": scope["method"],
+                                                          "url.path": scope["path"]}) as span:
+                try:
+                    await self.app(scope, receive, capture)
+                finally:
+                    status = response["status"]
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        span.set_status(trace.Status(trace.StatusCode.ERROR))
+                    self._record(scope, headers, endpoint, response, time.perf_counter() - started, span)
+        finally:
+            otel_context.detach(token)
+
+    def _record(self, scope: Scope, headers: dict[str, str], endpoint: str, response: dict[str, Any],
+                seconds: float, span: trace.Span) -> None:
+        status = response["status"]
+        code = _error_code(status, response["body"])
+        self.metrics.observe(endpoint, code, seconds)
+        context = span.get_span_context()
+        state = scope.get("state", {})
+        attempt = headers.get("x-retry-attempt", "")
+        queue_ms = response["headers"].get(QUEUE_HEADER)
+        access_log.info(
+            "%s %s %d %s %.1fms", scope["method"], endpoint, status, code, seconds * 1000,
+            extra={"request_id": state.get("request_id"),
+                   "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
+                   "endpoint": endpoint, "method": scope["method"], "status": status,
+                   "error_code": None if code == "ok" else code,
+                   "worker": response["headers"].get(WORKER_HEADER),
+                   "queue_wait_ms": float(queue_ms) if queue_ms and queue_ms.replace(".", "", 1).isdigit()
+                   else None,
+                   "latency_ms": round(seconds * 1000, 2),
+                   "retry_attempt": int(attempt) if attempt.isdigit() and len(attempt) < 6 else None,
+                   "api_key_id": state.get("api_key_id")})

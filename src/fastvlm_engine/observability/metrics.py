@@ -1,0 +1,132 @@
+"""Prometheus metrics for the router and the workers.
+
+The router's ``/metrics`` is the one place to scrape: its own series (requests, durations,
+shedding, workers by state, in-flight per worker, restarts, NVML GPU memory and utilisation)
+plus every ready worker's series (batch sizes, queue wait, inference time, video stage times),
+fetched at scrape time and labelled ``worker``. GPU series exist only where NVML does: absent,
+not zero, on a host without GPUs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "HttpMetrics", "PoolCollector", "WorkerMetrics", "render"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+API_ENDPOINTS = ("/predict_image", "/summarize_video")
+
+
+class HttpMetrics:
+    """Requests by endpoint and outcome, and their durations."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.requests = Counter(f"{prefix}requests_total", "Requests by endpoint and outcome ('ok' or the error "
+                                "code).", ["endpoint", "code"], registry=registry)
+        self.duration = Histogram(f"{prefix}request_duration_seconds", "Request duration by endpoint.",
+                                  ["endpoint"], buckets=DURATION_BUCKETS, registry=registry)
+        for endpoint in API_ENDPOINTS:  # series exist from the start, so rate() works at once
+            self.duration.labels(endpoint)
+            self.requests.labels(endpoint, "ok")
+
+    def observe(self, endpoint: str, code: str, seconds: float) -> None:
+        self.requests.labels(endpoint, code).inc()
+        self.duration.labels(endpoint).observe(seconds)
+
+
+class WorkerMetrics(HttpMetrics):
+    """A worker's own series (scraped through the router, which adds the ``worker`` label)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(registry, "fastvlm_worker_")
+        self.batch_size = Histogram("fastvlm_batch_size", "Requests (or video frames) per generate call.",
+                                    buckets=BATCH_BUCKETS, registry=registry)
+        self.inference = Histogram("fastvlm_inference_seconds", "Duration of one batched generate call.",
+                                   buckets=DURATION_BUCKETS, registry=registry)
+        self.queue_wait = Histogram("fastvlm_queue_wait_seconds", "Time an item waited for the model.",
+                                    buckets=DURATION_BUCKETS, registry=registry)
+        self.video_stage = Histogram("fastvlm_video_stage_seconds", "Time per /summarize_video stage.",
+                                     ["stage"], buckets=DURATION_BUCKETS, registry=registry)
+
+    def batch(self, size: int, seconds: float) -> None:
+        """A batch observer for the batcher."""
+        self.batch_size.observe(size)
+        self.inference.observe(seconds)
+
+    def video(self, timing: Mapping[str, float]) -> None:
+        for name, seconds in timing.items():
+            self.video_stage.labels(name.removesuffix("_sec")).observe(seconds)
+
+
+class PoolCollector(Collector):
+    """Series read from the pool and the GPU inventory at scrape time."""
+
+    def __init__(self, workers: Callable[[], Iterable[Any]], states: Iterable[str],
+                 gpus: Callable[[], Iterable[Any]]) -> None:
+        self._workers = workers
+        self._states = tuple(states)
+        self._gpus = gpus
+
+    def collect(self) -> Iterable[Metric]:
+        workers = list(self._workers())
+        by_state = GaugeMetricFamily("fastvlm_workers", "Workers by state.", labels=["state"])
+        for state in self._states:
+            by_state.add_metric([state], sum(1 for w in workers if w.state.value == state))
+        in_flight = GaugeMetricFamily("fastvlm_requests_in_flight", "Requests a worker holds now.",
+                                      labels=["worker"])
+        restarts = CounterMetricFamily("fastvlm_worker_restarts", "Times a worker slot was replaced.",
+                                       labels=["worker"])
+        for worker in workers:
+            in_flight.add_metric([worker.id], worker.in_flight)
+            restarts.add_metric([worker.id], worker.restarts)
+        yield from (by_state, in_flight, restarts)
+        gpus = list(self._gpus())
+        if not gpus:
+            return  # absent, not zero, without NVML
+        used = GaugeMetricFamily("fastvlm_gpu_memory_used_bytes", "GPU memory in use (NVML).", labels=["gpu"])
+        total = GaugeMetricFamily("fastvlm_gpu_memory_total_bytes", "GPU memory (NVML).", labels=["gpu"])
+        utilization = GaugeMetricFamily("fastvlm_gpu_utilization_ratio", "GPU busy fraction (NVML).",
+                                        labels=["gpu"])
+        for gpu in gpus:
+            used.add_metric([str(gpu.index)], gpu.used_bytes)
+            total.add_metric([str(gpu.index)], gpu.total_bytes)
+            if gpu.utilization is not None:
+                utilization.add_metric([str(gpu.index)], gpu.utilization)
+        yield from (used, total, utilization)
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self._families)
+
+
+def render(registry: CollectorRegistry, worker_texts: Mapping[str, str] | None = None) -> bytes:
+    """The registry's exposition plus each worker's families, relabelled with ``worker``."""
+    merged: dict[str, Metric] = {}
+    own = {family.name for family in registry.collect()}
+    for worker_id, text in (worker_texts or {}).items():
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError:
+            continue  # a worker answered garbage: skip it rather than break the scrape
+        for family in families:
+            if family.name in own:
+                continue
+            target = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            for sample in family.samples:
+                target.add_sample(sample.name, {**sample.labels, "worker": worker_id}, sample.value,
+                                  sample.timestamp)
+    extra = CollectorRegistry(auto_describe=False)
+    extra.register(_Fixed(list(merged.values())))
+    return generate_latest(registry) + generate_latest(extra)
