@@ -9,12 +9,13 @@ that names the setting and the expected form; nothing silently falls back.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -121,6 +122,24 @@ class Settings(BaseSettings):
         default_factory=list, description="SHA-256 hex hashes of admin keys (comma-separated) for /admin "
         "calls such as releasing a quarantined worker; none = admin API disabled.")
 
+    # --- security (v0.4) ----------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="SHA-256 hex hashes of the API keys clients may use (comma-separated); "
+        "none (and no api_keys_file) = the API is open to anyone who can reach it.")
+    api_keys_file: Path | None = Field(None, description="File of API key hashes, one per line: "
+                                       "'<sha256> [requests per minute]'; '#' starts a comment.")
+    api_rate_limit_per_minute: float = Field(0.0, ge=0, description="Default requests per minute per API key "
+                                             "(0 = unlimited); a key's line in api_keys_file may override it.")
+    ip_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="IPv4/IPv6 networks (CIDR, comma-separated) allowed to call the "
+        "router; empty = any address.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Proxies (CIDR, comma-separated) whose X-Forwarded-For is believed.")
+    health_endpoints_open: bool = Field(True, description="Keep /healthz and /readyz reachable from any "
+                                        "address without a key (for load balancers and orchestrators).")
+    worker_token: SecretStr = Field(SecretStr(""), description="Set by the router for each worker it spawns: "
+                                    "the worker then answers only calls carrying it. Not for manual use.")
+
     # --- media -------------------------------------------------------------------------------
     media_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list, description="Folders image_path/video_path may point into, separated by "
@@ -188,12 +207,22 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("admin_keys", mode="before")
+    @field_validator("admin_keys", "api_keys", "ip_allowlist", "trusted_proxies", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         return _split_list(value, ",")
 
-    @field_validator("admin_keys")
+    @field_validator("ip_allowlist", "trusted_proxies")
+    @classmethod
+    def _check_networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"expected IP networks like 10.0.0.0/8 or ::1/128, got {network!r}") from None
+        return networks
+
+    @field_validator("admin_keys", "api_keys")
     @classmethod
     def _check_hashes(cls, hashes: list[str]) -> list[str]:
         for digest in hashes:
@@ -347,6 +376,13 @@ def load_settings(**overrides: Any) -> Settings:
         if low > high:
             raise SettingsError(f"invalid configuration:\n  FASTVLM_RETRY_AFTER_{kind.upper()}_MIN_S must not "
                                 f"exceed FASTVLM_RETRY_AFTER_{kind.upper()}_MAX_S")
+    if settings.api_keys_file is not None:
+        from .auth import load_key_file
+
+        try:
+            load_key_file(settings.api_keys_file)
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"invalid configuration:\n  FASTVLM_API_KEYS_FILE: {exc}") from None
     if settings.fault_injection:
         try:
             parse_faults(settings.fault_injection)

@@ -84,6 +84,7 @@ class EngineError(Exception):
     code: ClassVar[str] = "internal_error"
     http_status: ClassVar[int] = 500
     default_message: ClassVar[str] = "The server hit an unexpected error."
+    response_headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str | None = None, *, retry_after_sec: float | None = None,
                  **details: Any) -> None:
@@ -99,9 +100,10 @@ class EngineError(Exception):
 
     def headers(self) -> dict[str, str]:
         """Response headers that belong with this error (RFC 9110 Retry-After)."""
-        if self.retry_after_sec is None:
-            return {}
-        return {"Retry-After": retry_after_header(self.retry_after_sec)}
+        headers = dict(self.response_headers)
+        if self.retry_after_sec is not None:
+            headers["Retry-After"] = retry_after_header(self.retry_after_sec)
+        return headers
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
@@ -170,6 +172,7 @@ class Unauthorized(RequestError):
     code = "unauthorized"
     http_status = 401
     default_message = "A valid API key is required."
+    response_headers = {"WWW-Authenticate": 'Bearer realm="fastvlm"'}
 
 
 class ForbiddenIP(RequestError):

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .errors import ERROR_CODES
+
 __all__ = [
     "Caption",
     "ErrorBody",
@@ -150,10 +152,12 @@ class SummarizeVideoResponse(BaseModel):
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    code: str
-    message: str
-    request_id: str | None = None
-    retry_after_sec: float | None = None
+    code: str = Field(description="Stable machine code: " + "; ".join(
+        f"{code} ({cls.http_status})" for code, cls in ERROR_CODES.items()),
+        json_schema_extra={"enum": list(ERROR_CODES)})
+    message: str = Field(description="Human-readable; never a stack trace or a server path.")
+    request_id: str | None = Field(None, description="The request's X-Request-ID.")
+    retry_after_sec: float | None = Field(None, description="How long to wait before retrying (503, 429, 502).")
 
 
 class ErrorBody(BaseModel):
@@ -163,5 +167,9 @@ class ErrorBody(BaseModel):
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` entries documenting the error body for these statuses."""
-    return {status: {"model": ErrorBody} for status in statuses}
+    """OpenAPI ``responses=`` entries: the error body and the codes each status can carry."""
+    entries: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        codes = [code for code, cls in ERROR_CODES.items() if cls.http_status == status]
+        entries[status] = {"model": ErrorBody, "description": "Error codes: " + ", ".join(codes)}
+    return entries

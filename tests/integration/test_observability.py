@@ -105,10 +105,11 @@ def test_every_log_line_is_json_and_router_and_worker_share_the_request_id(route
     assert by_process[line["worker"]]["status"] == 200
 
 
-def test_a_worker_exposes_its_own_metrics(router):
+def test_worker_series_reach_the_router_but_the_worker_port_refuses_others(router):
     port = http("GET", router.base_url + "/healthz")[2]["workers"][0]["port"]
-    families = metrics(f"http://127.0.0.1:{port}")
-    assert "fastvlm_batch_size" in families and "fastvlm_worker_requests" in families
+    status, _, body = http("GET", f"http://127.0.0.1:{port}/metrics")
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+    assert "fastvlm_worker_requests" in metrics(router.base_url)
 
 
 PROMETHEUS = shutil.which("prometheus")

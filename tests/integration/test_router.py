@@ -349,3 +349,14 @@ def test_images_are_not_starved_by_videos(router, long_clip):
     assert 5.0 <= third_video[2]["error"]["retry_after_sec"] <= 300.0  # the video bounds apply
     assert image[0] == 200
     assert results == [200, 200]
+
+
+def test_workers_refuse_anyone_but_the_router(router):
+    """Each spawned worker checks a per-process token only its router knows."""
+    worker = http("GET", router.base_url + "/healthz")[2]["workers"][0]
+    base = f"http://127.0.0.1:{worker['port']}"
+    for method, path, body in (("GET", "/healthz", None), ("GET", "/readyz", None), ("GET", "/worker_health", None),
+                               ("POST", "/predict_image", {"image_path": "coffee.jpg"})):
+        status, _, answer = http(method, base + path, body)
+        assert (status, answer["error"]["code"]) == (401, "unauthorized"), path
+    assert post(router, {"image_path": "coffee.jpg", "max_new_tokens": 2})[0] == 200  # the router still gets in

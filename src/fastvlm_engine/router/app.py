@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.process_collector import ProcessCollector
 
-from ..auth import KeyRing, key_id, presented_key
+from ..auth import KeyRing, key_id, load_key_file, presented_key
 from ..config import Settings
 from ..errors import (
     EngineError,
@@ -28,6 +28,7 @@ from ..errors import (
     WorkerFailed,
     WorkersBusy,
 )
+from ..guards import AccessGuard
 from ..observability import tracing
 from ..observability.http import TelemetryMiddleware
 from ..observability.metrics import API_ENDPOINTS, CONTENT_TYPE, HttpMetrics, PoolCollector, render
@@ -132,7 +133,8 @@ async def _forward(state: RouterState, request: Request, lease: Lease, endpoint:
     while True:
         try:
             with tracing.span("proxy", tracing.SpanKind.CLIENT, **{"fastvlm.worker": lease.worker.id}):
-                headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id_of(request) or ""}
+                headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id_of(request) or "",
+                           **lease.worker.auth_headers()}
                 tracing.inject(headers)
                 response = await state.upstream.request("POST", lease.worker.url + endpoint, body=body,
                                                         headers=headers, timeout_s=state.timeout_for(endpoint))
@@ -200,7 +202,16 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     app = FastAPI(title="FastVLM Descriptor Engine", version="0.1.0", lifespan=lifespan,
                   description="Router: admission, load shedding and proxying to FastVLM workers.")
     app.state.router = state
+    api_keys = KeyRing({**{d: None for d in settings.api_keys},
+                        **(load_key_file(settings.api_keys_file) if settings.api_keys_file else {})})
+    if not api_keys:
+        log.warning("no API keys configured (FASTVLM_API_KEYS): the API answers anyone who can reach it")
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
+    app.add_middleware(AccessGuard, allowlist=settings.ip_allowlist, trusted_proxies=settings.trusted_proxies,
+                       keys=api_keys, default_rate_per_minute=settings.api_rate_limit_per_minute,
+                       protected=frozenset(API_ENDPOINTS),
+                       open_paths=frozenset({"/healthz", "/readyz"}) if settings.health_endpoints_open
+                       else frozenset())
     app.add_middleware(TelemetryMiddleware, metrics=state.metrics, endpoints=frozenset(API_ENDPOINTS))
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
@@ -234,7 +245,8 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     async def metrics() -> Response:
         async def scrape(worker) -> tuple[str, str | None]:
             try:
-                answer = await state.upstream.request("GET", worker.url + "/metrics", timeout_s=2.0)
+                answer = await state.upstream.request("GET", worker.url + "/metrics", timeout_s=2.0,
+                                                      headers=worker.auth_headers())
                 return worker.id, answer.body.decode() if answer.status == 200 else None
             except Exception:
                 return worker.id, None
@@ -262,14 +274,14 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
         return {"worker": worker.snapshot(state.admission.max_concurrent)}
 
     @app.post(IMAGE, response_model=PredictImageResponse, openapi_extra=json_body_openapi(PredictImageRequest),
-              responses=error_responses(400, 403, 404, 413, 415, 422, 502, 503, 504),
+              responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504),
               summary="Caption an image or answer a prompt about it.")
     async def predict_image(request: Request) -> Response:
         return await _proxy(state, request, IMAGE)
 
     @app.post(VIDEO, response_model=SummarizeVideoResponse,
               openapi_extra=json_body_openapi(SummarizeVideoRequest),
-              responses=error_responses(400, 403, 404, 413, 415, 422, 502, 503, 504),
+              responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504),
               summary="Describe a short video: scenes, keyframe captions, summary, safety flags, tags.")
     async def summarize_video(request: Request) -> Response:
         return await _proxy(state, request, VIDEO)

@@ -23,6 +23,7 @@ import ctypes
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -136,7 +137,8 @@ class WorkerPool:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((worker.host, 0))
             worker.port = sock.getsockname()[1]
-            env = {**os.environ, **worker.device.worker_env()}
+            worker.token = secrets.token_urlsafe(32)
+            env = {**os.environ, **worker.device.worker_env(), "FASTVLM_WORKER_TOKEN": worker.token}
             args = [sys.executable, "-m", "fastvlm_engine.cli", "worker", "--fd", str(sock.fileno()),
                     "--host", worker.host, "--parent-pid", str(os.getpid()), "--worker-id", worker.id,
                     "--incarnation", str(worker.restarts)]
@@ -236,7 +238,8 @@ class WorkerPool:
     async def _beat(self, worker: Worker) -> None:
         try:
             response = await self.upstream.request("GET", worker.url + "/worker_health",
-                                                   timeout_s=self.settings.heartbeat_timeout_s)
+                                                   timeout_s=self.settings.heartbeat_timeout_s,
+                                                   headers=worker.auth_headers())
             if response.status != 200:
                 raise ValueError(f"status {response.status}")
             health = json.loads(response.body)
@@ -287,7 +290,8 @@ class WorkerPool:
             if exited.done() or self._stopping:
                 return
             try:
-                response = await self.upstream.request("GET", worker.url + "/readyz", timeout_s=2.0)
+                response = await self.upstream.request("GET", worker.url + "/readyz", timeout_s=2.0,
+                                                       headers=worker.auth_headers())
                 if response.status == 200:
                     self._became_ready(worker, gpu_used_before)
                     return

@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..auth import INTERNAL_TOKEN_HEADER
 from .retry_after import Ewma
 
 __all__ = ["Device", "Worker", "WorkerState"]
@@ -53,6 +54,7 @@ class Worker:
     port: int | None = None
     pid: int | None = None
     host: str = "127.0.0.1"
+    token: str = field(default="", repr=False)  # this process's internal token (new for every spawn)
     in_flight: int = 0
     video_in_flight: int = 0
     restarts: int = 0
@@ -72,6 +74,10 @@ class Worker:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers every router → worker call carries (the worker refuses calls without them)."""
+        return {INTERNAL_TOKEN_HEADER: self.token}
 
     def latency(self, endpoint: str) -> Ewma:
         """Measured request duration on this worker (0 until measured, so new workers get tried)."""

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from ..config import Settings
 from ..errors import NotReady
+from ..guards import InternalTokenGuard
 from ..observability import tracing
 from ..observability.http import QUEUE_HEADER, TelemetryMiddleware
 from ..observability.metrics import API_ENDPOINTS, CONTENT_TYPE, WorkerMetrics, render
@@ -75,6 +76,9 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
     app.state.service = service
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
     app.add_middleware(TelemetryMiddleware, metrics=metrics, endpoints=frozenset(API_ENDPOINTS))
+    token = settings.worker_token.get_secret_value()
+    if token:  # spawned by a router: answer nobody else
+        app.add_middleware(InternalTokenGuard, token=token)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response, 413s included, gets an id
     install_error_handlers(app)
 
