@@ -69,7 +69,9 @@ class RequestIdMiddleware:
             return
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["request_id_from_client"] = request_id == incoming
         token = request_id_var.set(request_id)
         header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
 
@@ -152,7 +154,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(EngineError(), request_id_of(request))
+        response = error_response(EngineError(), request_id_of(request))
+        # The server closes the connection after an unhandled error; say so, so that pooled
+        # clients (the router's) do not send the next request down a dead connection.
+        response.headers["Connection"] = "close"
+        return response
 
 
 M = TypeVar("M", bound=BaseModel)

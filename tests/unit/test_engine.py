@@ -205,3 +205,16 @@ def test_batcher_rejects_bad_options(vlm):
         Batcher(vlm.generate, max_batch_size=0)
     with pytest.raises(ValueError):
         Batcher(vlm.generate, max_batch_wait_s=-1)
+
+
+def test_extreme_aspect_ratios_are_cropped_before_preprocessing(vlm):
+    from PIL import Image
+
+    from fastvlm_engine.engine.model import bound_aspect
+
+    strip = Image.new("RGB", (1, 50_000), (200, 10, 10))
+    assert bound_aspect(strip).size == (1, 2)
+    assert bound_aspect(Image.new("RGB", (300, 200))).size == (300, 200)
+    assert bound_aspect(Image.new("RGB", (1000, 100))).size == (200, 100)
+    item = vlm.prepare(strip, "Describe the image.", 2)  # would need ~10 GB without the crop
+    assert item.pixel_values.shape == (1, 3, vlm.image_size, vlm.image_size)

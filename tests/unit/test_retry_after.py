@@ -30,11 +30,22 @@ def test_grows_with_load():
 def test_grows_with_recent_rejections():
     est = make()
     quiet = est.estimate(IMG, in_flight=4, capacity=4, now=100.0)
-    for _ in range(20):
-        est.rejected(IMG, now=100.0)
-    assert est.estimate(IMG, in_flight=4, capacity=4, now=100.0) > quiet
+    for i in range(20):
+        est.rejected(IMG, f"client-{i}", now=100.0)
+    crowded = est.estimate(IMG, in_flight=4, capacity=4, now=100.0)
+    assert crowded > quiet
     # rejections older than about one service time no longer count
     assert est.estimate(IMG, in_flight=4, capacity=4, now=200.0) == quiet
+
+
+def test_a_client_retrying_in_a_loop_counts_once():
+    est = make()
+    for _ in range(1000):
+        est.rejected(IMG, "the-same-client", now=100.0)
+    assert est.waiting(IMG, now=100.0) == 1
+    est.rejected(IMG, None, now=100.0)
+    est.rejected(IMG, None, now=100.0)
+    assert est.waiting(IMG, now=100.0) == 3  # anonymous rejections count separately
 
 
 def test_grows_with_attempt_and_is_bounded():

@@ -47,3 +47,10 @@ def test_keyframes_are_turned_for_display(rotated_video, settings):
 @pytest.mark.parametrize(("degrees", "turns"), [(0, 0), (90, 1), (-90, 3), (180, 2), (-180, 2), (270, 3), (89, 1)])
 def test_display_rotation_quarter_turns(degrees, turns):
     assert display_rotation(degrees) == turns
+
+
+def test_degenerate_rotation_values_mean_no_rotation():
+    from fastvlm_engine.video.analysis import display_rotation
+
+    assert [display_rotation(r) for r in (0, 90, -90, 180, 270, -2147483648, float("nan"), 45)] == \
+        [0, 1, 3, 2, 3, 0, 0, 0]

@@ -85,6 +85,27 @@ def is_fatal_device_error(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _FATAL_MARKERS)
 
 
+MAX_ASPECT_RATIO = 2.0
+"""Images longer than this relative to their short side are centre-cropped before preprocessing.
+
+The processor resizes the short side to the crop size and keeps the aspect ratio before its
+centre crop, so a 1 x 50000 image would become a 256 x 12.8M (or 1024 x 51M) intermediate
+(gigabytes). The centre square the model sees lies inside the cropped region anyway."""
+
+
+def bound_aspect(image: Image.Image, max_ratio: float = MAX_ASPECT_RATIO) -> Image.Image:
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    if long <= short * max_ratio:
+        return image
+    keep = max(1, int(short * max_ratio))
+    if width > height:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return image.crop((0, top, width, top + keep))
+
+
 class _PerRowLimit:
     """Stops each row at its own max_new_tokens, so one batch serves mixed lengths."""
 
@@ -158,7 +179,7 @@ class FastVLM:
             encoded = self.tokenizer([text], return_tensors="pt")
             pixel_values = None
         else:
-            encoded = self.processor(images=[image], text=[text], return_tensors="pt")
+            encoded = self.processor(images=[bound_aspect(image)], text=[text], return_tensors="pt")
             pixel_values = encoded["pixel_values"]
         return PreparedInput(input_ids=encoded["input_ids"][0], pixel_values=pixel_values,
                              max_new_tokens=max_new_tokens)

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.process_collector import ProcessCollector
 
@@ -108,11 +108,19 @@ def build_state(settings: Settings, inventory: Inventory | None = None) -> Route
             priors={IMAGE: 2.0, VIDEO: 30.0}))
 
 
-def _shed(state: RouterState, endpoint: str, attempt: int) -> EngineError:
+def _client_key(request: Request) -> str:
+    """Who is waiting: the request id a client keeps across retries, else its connection."""
+    if request.scope.get("state", {}).get("request_id_from_client"):
+        return "id:" + (request_id_of(request) or "")
+    client = request.client
+    return f"conn:{client.host}:{client.port}" if client else "conn:unknown"
+
+
+def _shed(state: RouterState, request: Request, endpoint: str, attempt: int) -> EngineError:
     """The 503 for a request no worker can take now, with a measured retry hint."""
     pool, admission, estimator = state.pool, state.admission, state.retry_after
     ready = pool.ready()
-    estimator.rejected(endpoint)
+    estimator.rejected(endpoint, _client_key(request))
     state.metrics.busy_rejections.labels(endpoint).inc()
     in_flight = sum(w.in_flight for w in ready)
     capacity = admission.capacity(ready, endpoint)
@@ -127,35 +135,45 @@ def _shed(state: RouterState, endpoint: str, attempt: int) -> EngineError:
 async def _forward(state: RouterState, request: Request, lease: Lease, endpoint: str,
                    body: bytes) -> tuple[UpstreamResponse, Lease]:
     """Send to the lease's worker; on a refused connection (never reached it) try another worker,
-    and retry an image once on another worker if its worker died mid-request."""
+    and retry an image once on another worker if its worker died mid-request.
+
+    Returns the response and the lease that produced it; on failure every lease it took is released.
+    """
     tried: list[str] = []
     failures_left = 1 if endpoint == IMAGE else 0
-    while True:
-        try:
-            with tracing.span("proxy", tracing.SpanKind.CLIENT, **{"fastvlm.worker": lease.worker.id}):
-                headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id_of(request) or "",
-                           **lease.worker.auth_headers()}
-                tracing.inject(headers)
-                response = await state.upstream.request("POST", lease.worker.url + endpoint, body=body,
-                                                        headers=headers, timeout_s=state.timeout_for(endpoint))
-            return response, lease
-        except WorkerUnreachable:
-            log.warning("worker %s refused the connection; trying another", lease.worker.id)
-        except WorkerFailed as exc:
-            if failures_left <= 0:
-                exc.retry_after_sec = state.settings.retry_after_video_min_s if endpoint == VIDEO \
-                    else state.settings.retry_after_image_min_s
-                raise
-            failures_left -= 1
-            log.warning("worker %s failed mid-request; retrying the image once elsewhere", lease.worker.id)
+    reached = False  # did any worker get the request?
+    hint = state.settings.retry_after_video_min_s if endpoint == VIDEO else state.settings.retry_after_image_min_s
+    try:
+        while True:
+            try:
+                with tracing.span("proxy", tracing.SpanKind.CLIENT, **{"fastvlm.worker": lease.worker.id}):
+                    headers = {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id_of(request) or "",
+                               **lease.worker.auth_headers()}
+                    tracing.inject(headers)
+                    response = await state.upstream.request("POST", lease.worker.url + endpoint, body=body,
+                                                            headers=headers, timeout_s=state.timeout_for(endpoint))
+                return response, lease
+            except WorkerUnreachable:
+                log.warning("worker %s refused the connection; trying another", lease.worker.id)
+            except WorkerFailed as exc:
+                reached = True
+                if failures_left <= 0:
+                    exc.retry_after_sec = hint
+                    raise
+                failures_left -= 1
+                log.warning("worker %s failed mid-request; retrying the image once elsewhere", lease.worker.id)
+            lease.release(succeeded=False)
+            tried.append(lease.worker.id)
+            replacement = state.admission.acquire(state.pool.workers, endpoint, exclude=tried)
+            if replacement is None:
+                if not reached:  # nothing ran anywhere: this is plain shedding, not a failure
+                    raise _shed(state, request, endpoint, 0)
+                raise WorkerFailed("The worker failed and no other worker is free; retry later.",
+                                   retry_after_sec=hint)
+            lease = replacement
+    except BaseException:
         lease.release(succeeded=False)
-        tried.append(lease.worker.id)
-        replacement = state.admission.acquire(state.pool.workers, endpoint, exclude=tried)
-        if replacement is None:
-            raise WorkerFailed("The worker failed and no other worker is free; retry later.",
-                               retry_after_sec=state.settings.retry_after_image_min_s
-                               if endpoint == IMAGE else state.settings.retry_after_video_min_s)
-        lease = replacement
+        raise
 
 
 async def _proxy(state: RouterState, request: Request, endpoint: str) -> Response:
@@ -166,7 +184,7 @@ async def _proxy(state: RouterState, request: Request, endpoint: str) -> Respons
         lease = state.admission.acquire(state.pool.workers, endpoint)
         span.set_attribute("fastvlm.admitted", lease is not None)
         if lease is None:
-            raise _shed(state, endpoint, attempt)
+            raise _shed(state, request, endpoint, attempt)
     succeeded = False
     try:
         body = await request.body()
@@ -241,7 +259,8 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
             error = NoReadyWorkers(f"No worker is ready ({states}).")
         return error_response(error, request_id_of(request))
 
-    @app.get("/metrics", summary="Prometheus metrics: the router's and every ready worker's (label worker).")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             summary="Prometheus metrics: the router's and every ready worker's (label worker).")
     async def metrics() -> Response:
         async def scrape(worker) -> tuple[str, str | None]:
             try:

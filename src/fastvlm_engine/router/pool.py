@@ -184,9 +184,11 @@ class WorkerPool:
             self.inventory.worker_stopped(worker.device.gpu)
         if self._stopping or worker.retiring or worker.state is WorkerState.STOPPED:
             return code
+        if worker.state is WorkerState.READY:  # out of rotation now, before anything else awaits
+            worker.set_state(WorkerState.UNHEALTHY, f"exited with status {code}")
         await asyncio.sleep(0.05)  # let the output pump drain the last lines
         tail = "\n    ".join(list(worker.log_tail)[-15:]) or "(no output)"
-        during = "during start-up " if worker.state is WorkerState.STARTING else ""
+        during = "during start-up " if worker.ready_at is None else ""
         log.error("worker %s exited %swith status %s; last output:\n    %s", worker.id, during, code, tail)
         self._fail(worker, f"exited {during}with status {code}")
         return code

@@ -5,13 +5,16 @@ Little's law gives the wait for a free slot: roughly (work ahead of you) x (serv
 to come back); service time is an EWMA of measured durations per endpoint. ``X-Retry-Attempt``
 raises the estimate so clients that keep colliding spread out, and the result is clamped per
 endpoint. Clients still add their own jitter and backoff on top (see client.py).
+
+Turned-away clients are counted once each (by the request id they keep across retries, or their
+connection), so one client retrying in a tight loop cannot push everyone's hint to the cap.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections import OrderedDict
 from dataclasses import dataclass
 
 __all__ = ["MAX_ATTEMPT", "Ewma", "RetryAfterEstimator", "parse_attempt"]
@@ -75,23 +78,31 @@ class RetryAfterEstimator:
         self.bounds = {endpoint: Bounds(low, high) for endpoint, (low, high) in bounds.items()}
         self.service = {endpoint: Ewma(priors[endpoint], alpha) for endpoint in bounds}
         self.attempt_growth = attempt_growth
-        self._rejections: dict[str, deque[float]] = {endpoint: deque(maxlen=10_000) for endpoint in bounds}
+        self._rejections: dict[str, OrderedDict[str, float]] = {endpoint: OrderedDict() for endpoint in bounds}
+        self._anonymous = 0
 
     def observe(self, endpoint: str, seconds: float) -> None:
         """Record the duration of a completed request."""
         self.service[endpoint].update(seconds)
 
-    def rejected(self, endpoint: str, now: float | None = None) -> None:
-        """Record a turned-away request; it counts as waiting for about one service time."""
-        self._rejections[endpoint].append(time.monotonic() if now is None else now)
+    def rejected(self, endpoint: str, client: str | None = None, now: float | None = None) -> None:
+        """Record a turned-away client; it counts as waiting for about one service time."""
+        if client is None:
+            self._anonymous += 1
+            client = f"anonymous-{self._anonymous}"
+        rejections = self._rejections[endpoint]
+        rejections.pop(client, None)
+        rejections[client] = time.monotonic() if now is None else now
+        while len(rejections) > 10_000:
+            rejections.popitem(last=False)
 
     def waiting(self, endpoint: str, now: float | None = None) -> int:
-        """Clients turned away within the last service time (they are about to retry)."""
+        """Distinct clients turned away within the last service time (they are about to retry)."""
         now = time.monotonic() if now is None else now
         horizon = now - max(1.0, self.service[endpoint].get())
         rejections = self._rejections[endpoint]
-        while rejections and rejections[0] < horizon:
-            rejections.popleft()
+        while rejections and next(iter(rejections.values())) < horizon:
+            rejections.popitem(last=False)
         return len(rejections)
 
     def estimate(self, endpoint: str, *, in_flight: int, capacity: int, attempt: int = 0,

@@ -124,7 +124,13 @@ class VideoAnalysis:
 
 
 def display_rotation(rotation: float) -> int:
-    """Quarter turns counter-clockwise (0-3) for PyAV's ``VideoFrame.rotation`` degrees."""
+    """Quarter turns counter-clockwise (0-3) for PyAV's ``VideoFrame.rotation`` degrees.
+
+    A degenerate display matrix (e.g. all zeros) makes PyAV report nonsense such as -2**31;
+    anything that is not a multiple of 90 within one turn is treated as no rotation.
+    """
+    if not math.isfinite(rotation) or abs(rotation) > 360 or abs(rotation / 90.0 - round(rotation / 90.0)) > 0.05:
+        return 0
     return round(rotation / 90.0) % 4
 
 
@@ -270,6 +276,9 @@ def analyze_video(source: VideoSource, settings: Settings, *, max_side: int = CA
 
     if work.frames == 0 or work.first_size is None:
         raise InvalidVideo("The video has no decodable frames.")
+    if work.duration > settings.video_max_seconds:  # e.g. one frame that claims to last for hours
+        raise VideoTooLong(f"The video is longer than the limit of {settings.video_max_seconds:g} seconds.",
+                           limit_sec=settings.video_max_seconds, decoded_sec=round(work.duration, 3))
     if stats.truncated:
         logger.warning("video truncated or damaged; analysed the first %d frames (%.2f s)",
                        work.frames, work.last_t)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry
 
 from ..config import Settings
@@ -98,7 +98,8 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
             "batches_run": batcher.stats.batches if batcher else 0,
         }
 
-    @app.get("/metrics", summary="This worker's Prometheus metrics (the router's /metrics includes them).")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             summary="This worker's Prometheus metrics (the router's /metrics includes them).")
     async def metrics_endpoint() -> Response:
         return Response(render(registry), media_type=CONTENT_TYPE)
 
