@@ -62,12 +62,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_router(settings)
 
 
-def _in_process_service(settings: Settings):
+def _run_in_process(settings: Settings, call) -> int:
+    """Load the model in this process, run ``call(service)`` once and print its JSON document."""
     from .worker.service import WorkerService
 
     service = WorkerService(settings)
     service.load()
-    return service
+    try:
+        result = asyncio.run(call(service))
+    except EngineError as exc:
+        _print_json(exc.to_body())
+        return 1
+    finally:
+        service.stop()
+    _print_json(result.model_dump())
+    return 0
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -78,16 +87,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"fastvlm: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
         return 1
-    service = _in_process_service(settings)
-    try:
-        result = asyncio.run(service.describe_bytes(data, args.prompt, args.max_new_tokens))
-    except EngineError as exc:
-        _print_json(exc.to_body())
-        return 1
-    finally:
-        service.stop()
-    _print_json(result.model_dump())
-    return 0
+    return _run_in_process(settings, lambda service: service.describe_bytes(data, args.prompt, args.max_new_tokens))
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
@@ -97,16 +97,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     if not Path(args.video).is_file():
         print(f"fastvlm: no file at {args.video}", file=sys.stderr)
         return 1
-    service = _in_process_service(settings)
-    try:
-        result = asyncio.run(service.summarize_file(args.video))
-    except EngineError as exc:
-        _print_json(exc.to_body())
-        return 1
-    finally:
-        service.stop()
-    _print_json(result.model_dump())
-    return 0
+    return _run_in_process(settings, lambda service: service.summarize_file(args.video))
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
