@@ -73,6 +73,39 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per worker; 0 keeps torch's default.")
     warmup: bool = Field(True, description="Run one generation before reporting ready.")
 
+    # --- engine: continuous batching ---------------------------------------------------------
+    engine_max_sequences: int = Field(64, ge=1, le=4096, description="Upper bound on sequences decoded "
+                                      "together; the KV memory budget may allow fewer.")
+    engine_max_context_tokens: int = Field(4096, ge=16, description="KV slot length: the most prompt + "
+                                           "max_new_tokens one request may need (also capped by the model's "
+                                           "max_position_embeddings); larger requests get "
+                                           "context_length_exceeded.")
+    engine_max_prefill_tokens: int = Field(4096, ge=1, description="Most (padded) prompt tokens prefilled "
+                                           "in one step; later arrivals wait for the next step (one request "
+                                           "is always admitted).")
+    kv_cache_memory_fraction: float = Field(0.3, gt=0, le=1, description="Share of the free memory (GPU "
+                                            "memory after loading, or available host RAM for CPU workers), "
+                                            "after kv_cache_reserve_mib, that the KV cache may use.")
+    kv_cache_reserve_mib: int = Field(1024, ge=0, description="Memory (MiB) kept free for activations and "
+                                      "other processes before the KV budget is taken.")
+    engine_fast_path: bool = Field(False, description="GPU only, UNVERIFIED: preallocated KV slots, "
+                                   "CUDA-graph decode steps and a channels-last vision tower; ignored on CPU.")
+    cuda_graph_batch_sizes: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], description="Batch-size buckets captured as CUDA "
+        "graphs by the fast path (comma-separated); larger batches run eagerly.")
+
+    @field_validator("cuda_graph_batch_sizes", mode="before")
+    @classmethod
+    def _split_graph_sizes(cls, value: Any) -> Any:
+        return _split_list(value, ",")
+
+    @field_validator("cuda_graph_batch_sizes")
+    @classmethod
+    def _check_graph_sizes(cls, sizes: list[int]) -> list[int]:
+        if not sizes or min(sizes) < 1:
+            raise ValueError("expected positive batch sizes like 1,2,4,8")
+        return sorted(set(sizes))
+
     # --- network -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Router bind address; 0.0.0.0 is an explicit choice.")
     port: int = Field(9000, ge=0, le=65535, description="Router port.")

@@ -8,6 +8,7 @@ clients branch on them.
     ├── RequestError
     │   ├── InvalidJSON              400 invalid_json
     │   ├── InvalidRequest           422 invalid_request
+    │   ├── ContextTooLong           400 context_length_exceeded
     │   ├── RouteNotFound            404 not_found
     │   ├── MethodNotAllowed         405 method_not_allowed
     │   ├── PayloadTooLarge          413 payload_too_large
@@ -43,6 +44,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ERROR_CODES",
     "CapacityError",
+    "ContextTooLong",
     "EngineError",
     "ForbiddenIP",
     "ImageTooLarge",
@@ -148,6 +150,15 @@ class InvalidRequest(RequestError):
     code = "invalid_request"
     http_status = 422
     default_message = "The request body does not match the endpoint's schema."
+
+
+class ContextTooLong(RequestError):
+    """Prompt plus max_new_tokens exceed what one sequence may hold on this worker: it can never run."""
+
+    code = "context_length_exceeded"
+    http_status = 400
+    default_message = ("The prompt plus max_new_tokens need more context than this worker can hold "
+                       "for one request; shorten the prompt or lower max_new_tokens.")
 
 
 class RouteNotFound(RequestError):

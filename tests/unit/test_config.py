@@ -33,6 +33,17 @@ def test_media_roots_split_on_pathsep_and_resolve_symlinks(tmp_path, monkeypatch
     assert load_settings().media_roots == [real, tmp_path]
 
 
+def test_engine_settings_from_env_and_toml(tmp_path, monkeypatch):
+    toml = tmp_path / "c.toml"
+    toml.write_text("cuda_graph_batch_sizes = [8, 1, 2]\nengine_max_sequences = 16\n")
+    monkeypatch.setenv("FASTVLM_CONFIG", str(toml))
+    s = load_settings()
+    assert s.cuda_graph_batch_sizes == [1, 2, 8] and s.engine_max_sequences == 16
+    monkeypatch.setenv("FASTVLM_CUDA_GRAPH_BATCH_SIZES", "4, 1,4")
+    assert load_settings().cuda_graph_batch_sizes == [1, 4]
+    assert not load_settings().engine_fast_path
+
+
 def test_media_roots_list_in_toml(tmp_path, monkeypatch):
     toml = tmp_path / "c.toml"
     toml.write_text(f'media_roots = ["{tmp_path}"]\n')
@@ -48,6 +59,8 @@ def test_media_roots_list_in_toml(tmp_path, monkeypatch):
     ("FASTVLM_WARMUP", "maybe", "true or false"),
     ("FASTVLM_MEDIA_ROOTS", "relative/dir", "absolute"),
     ("FASTVLM_PORT", "70000", "FASTVLM_PORT"),
+    ("FASTVLM_CUDA_GRAPH_BATCH_SIZES", "1,0,4", "positive batch sizes"),
+    ("FASTVLM_KV_CACHE_MEMORY_FRACTION", "1.5", "<= 1"),
 ])
 def test_invalid_values_stop_start_up_with_the_setting_named(monkeypatch, env, value, named):
     monkeypatch.setenv(env, value)
