@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .prompts import sanitize_prompt, strip_controls
+from .detokenize import decode_text
+from .prompts import sanitize_prompt
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -218,5 +219,5 @@ class FastVLM:
                 break
         else:
             kept, reason = tokens, "length"
-        text = strip_controls(self.tokenizer.decode(kept, skip_special_tokens=True)).strip()
-        return Generation(text=text, token_ids=tuple(kept), finish_reason=reason, prompt_tokens=prompt_tokens)
+        return Generation(text=decode_text(self.tokenizer, kept), token_ids=tuple(kept), finish_reason=reason,
+                          prompt_tokens=prompt_tokens)
