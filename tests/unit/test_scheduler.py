@@ -560,3 +560,19 @@ def test_the_fast_path_setting_is_ignored_on_cpu(vlm, mixed, caplog):
     assert not scheduler.fast_path
     assert "fast_path" in caplog.text
     assert result.token_ids == reference[0].token_ids
+
+
+def test_the_real_256_image_token_shape_matches_generate(tmp_path_factory, images):
+    """1024 px images give FastVLM's real 256 image tokens per prompt; arrivals share one vision batch."""
+    from fastvlm_engine.engine.model import FastVLM
+    from fastvlm_engine.engine.tiny import build_tiny_model
+
+    torch.set_num_threads(1)
+    large = FastVLM.load(build_tiny_model(tmp_path_factory.mktemp("tiny-1024"), image_size=1024), device="cpu")
+    items = [large.prepare(image, prompt, 10) for image, prompt in zip(images, PROMPTS, strict=False)]
+    items.append(large.prepare(None, "Hi", 6))
+    assert int((items[0].input_ids == large.model.config.image_token_id).sum()) == 256
+    reference = [large.generate([item])[0] for item in items]
+    results = run_together(make(large, context=400), items)
+    assert [r.token_ids for r in results] == [g.token_ids for g in reference]
+    assert results[0].batch_size > 1
