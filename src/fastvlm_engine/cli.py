@@ -110,6 +110,41 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert an Apple-format FastVLM (folder or hub id) into a new native folder."""
+    settings = _settings()
+    _configure_logging(settings, "cli", quiet=True)
+    from .engine.convert import ConversionError, convert_apple_checkpoint
+    from .engine.model_cache import source_digest
+    from .engine.resolve import ModelSourceError, source_folder
+
+    try:
+        folder = source_folder(args.src)
+        result = convert_apple_checkpoint(folder, args.dst, source=args.src,
+                                          source_hash=source_digest(folder, settings.cache_path))
+    except (ConversionError, ModelSourceError, FileExistsError) as exc:
+        print(f"fastvlm convert: {exc}", file=sys.stderr)
+        return 1
+    rows, new_rows = result.vocab_rows
+    print(f"converted {result.name} ({result.dtype}, {result.image_size} px, {result.tensors} tensors, "
+          f"vocabulary {rows} -> {new_rows} rows) into {args.dst}\n"
+          f"serve it with FASTVLM_MODEL={Path(args.dst).resolve()}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _configure_logging(settings, "cli", quiet=True)
+    from .engine.model_listing import format_models_report, models_report
+
+    report = models_report(settings)
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_models_report(report))
+    return 0
+
+
 def cmd_sample_media(args: argparse.Namespace) -> int:
     """Copy the bundled sample photos (public domain / CC0, from scikit-image) and make a sample video."""
     from importlib.resources import files
@@ -207,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     tiny.set_defaults(func=cmd_tiny_model)
+
+    convert = sub.add_parser("convert", help="convert Apple's FastVLM release format (llava_qwen2) into the "
+                             "native fast_vlm format, offline")
+    convert.add_argument("src", help="Apple-format folder (or hub id, where the hub or its cache has it)")
+    convert.add_argument("dst", help="new folder for the native checkpoint (must not exist)")
+    convert.set_defaults(func=cmd_convert)
+
+    models = sub.add_parser("models", help="show the configured model and the converted checkpoints in the cache")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(func=cmd_models)
 
     samples = sub.add_parser("sample-media", help="write the bundled sample photos into a folder")
     samples.add_argument("dir")

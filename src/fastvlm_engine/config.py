@@ -54,14 +54,18 @@ class Settings(BaseSettings):
     )
 
     # --- model and engine ------------------------------------------------------------------
-    model: str = Field("", description="Local folder or Hugging Face hub id of a native fast_vlm "
-                       "checkpoint; empty means the built-in tiny random model (meaningless text).")
+    model: str = Field("", description="Local folder or Hugging Face hub id of a FastVLM checkpoint: native "
+                       "fast_vlm, or Apple's release (llava_qwen2, converted once into cache_dir); empty means "
+                       "the built-in tiny random model (meaningless text).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto means bfloat16 on GPU and float32 on CPU.")
     tiny_model_dir: Path | None = Field(
         None, description="Where the built-in tiny model is built and cached; "
         "default ~/.cache/fastvlm-engine/tiny-model.")
+    cache_dir: Path | None = Field(
+        None, description="Where Apple-format checkpoints are converted to the native format, once per "
+        "source (keyed by its files' hashes); default ~/.cache/fastvlm-engine/converted.")
     max_new_tokens: int = Field(128, ge=1, description="Default generation length in tokens.")
     max_new_tokens_limit: int = Field(512, ge=1, description="Largest max_new_tokens a request may ask for.")
     max_batch_size: int = Field(8, ge=1, le=512, description="Most requests grouped into one generate call.")
@@ -299,10 +303,12 @@ class Settings(BaseSettings):
     @property
     def tiny_model_path(self) -> Path:
         """Folder of the built-in tiny model."""
-        if self.tiny_model_dir is not None:
-            return self.tiny_model_dir
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return cache / "fastvlm-engine" / "tiny-model"
+        return self.tiny_model_dir if self.tiny_model_dir is not None else _user_cache() / "tiny-model"
+
+    @property
+    def cache_path(self) -> Path:
+        """Folder of converted checkpoints."""
+        return self.cache_dir if self.cache_dir is not None else _user_cache() / "converted"
 
     def body_limit(self, endpoint: str) -> int:
         """Largest request body for an endpoint: its media limit as base64 plus room for JSON."""
@@ -312,6 +318,10 @@ class Settings(BaseSettings):
         if endpoint == "/summarize_video":
             return self.video_max_bytes * 4 // 3 + slack
         return slack
+
+
+def _user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastvlm-engine"
 
 
 FAULT_KINDS = ("exit_at_startup", "crash_after", "hang_after", "oom_after")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from .detokenize import decode_text
+from .model_info import ModelInfo
 from .prompts import sanitize_prompt
 
 if TYPE_CHECKING:
@@ -123,14 +124,18 @@ class _PerRowLimit:
 class FastVLM:
     """A loaded model, its processor, and the device it lives on."""
 
-    def __init__(self, model, processor, *, name: str, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, model, processor, *, name: str, device: torch.device, dtype: torch.dtype,
+                 info: ModelInfo | None = None) -> None:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"  # not persisted by save_pretrained; batches need it
-        self.name = name
         self.device = device
         self.dtype = dtype
+        dtype_name = str(dtype).removeprefix("torch.")
+        info = info or ModelInfo(name=name, format="native", dtype=dtype_name, source=name)
+        self.info = info.with_dtype(dtype_name)  # the dtype it runs in, not the one it is stored in
+        self.name = self.info.name
         generation = model.generation_config
         eos = generation.eos_token_id if generation.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = frozenset([eos] if isinstance(eos, int) else eos)
@@ -143,8 +148,11 @@ class FastVLM:
 
     @classmethod
     def load(cls, source: str | Path, *, device: str = "auto", dtype: str = "auto",
-             name: str | None = None) -> FastVLM:
-        """Load a native-format FastVLM from a folder or a hub id (offline if HF_HUB_OFFLINE=1)."""
+             name: str | None = None, info: ModelInfo | None = None) -> FastVLM:
+        """Load a native-format FastVLM from a folder or a hub id (offline if HF_HUB_OFFLINE=1).
+
+        ``info`` (from :func:`.resolve.resolve_model`) names the model; else the folder or hub id does.
+        """
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from transformers.utils import logging as hf_logging
 
@@ -157,9 +165,9 @@ class FastVLM:
         processor = AutoProcessor.from_pretrained(str(source))
         model = AutoModelForImageTextToText.from_pretrained(str(source), dtype=torch_dtype)
         model.to(torch_device).eval()
-        label = name or (Path(source).name if os.path.isdir(source) else str(source))
+        label = (info.name if info else None) or name or (Path(source).name if os.path.isdir(source) else str(source))
         log.info("loaded model %s on %s (%s)", label, torch_device, str(torch_dtype).removeprefix("torch."))
-        return cls(model, processor, name=label, device=torch_device, dtype=torch_dtype)
+        return cls(model, processor, name=label, device=torch_device, dtype=torch_dtype, info=info)
 
     @property
     def image_size(self) -> int:

@@ -13,36 +13,19 @@ different images then give different, deterministic outputs.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["CHAT_TEMPLATE", "IMAGE_TOKEN", "TINY_MODEL_NAME", "build_tiny_model", "ensure_tiny_model"]
+from .build_once import build_once
+from .native_format import CHAT_TEMPLATE, IMAGE_TOKEN, build_processor, image_seq_length
+
+__all__ = ["CHAT_TEMPLATE", "IMAGE_TOKEN", "TINY_MARKER", "TINY_MODEL_NAME", "build_tiny_model",
+           "build_tokenizer", "ensure_tiny_model"]
 
 TINY_MODEL_NAME = "fastvlm-tiny-random"
-IMAGE_TOKEN = "<image>"
+TINY_MARKER = "FASTVLM_TINY_MODEL.txt"
 _IM_START, _IM_END, _EOT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
-
-# ChatML as in the FastVLM conversion script: a default system turn, images first in a user
-# turn (each as <image>), then each text part prefixed by a newline.
-CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>{% endif %}{% endfor %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ '\\n' + part['text'] }}{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 _WORDS = (
     "a the red blue green small large dog cat person street car tree sky water house room table "
@@ -62,7 +45,8 @@ def _corpus(n: int = 600, seed: int = 0) -> list[str]:
     return lines
 
 
-def _build_tokenizer():
+def build_tokenizer(*, with_image_token: bool = True):
+    """The tiny byte-level BPE tokenizer in Qwen2's shape (ChatML markers; ``<image>`` unless asked not to)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AddedToken, Qwen2Tokenizer
 
@@ -77,8 +61,9 @@ def _build_tokenizer():
               for m in json.loads(bpe.to_str())["model"]["merges"]]
     tok = Qwen2Tokenizer(vocab=bpe.get_vocab(), merges=merges, eos_token=_IM_END, pad_token=_EOT, unk_token=None)
     tok.add_special_tokens({"additional_special_tokens": [_IM_START, _IM_END]})
-    tok.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
-    tok.chat_template = CHAT_TEMPLATE
+    if with_image_token:
+        tok.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+        tok.chat_template = CHAT_TEMPLATE
     return tok
 
 
@@ -101,7 +86,7 @@ def _configs(shape: str, tok, image_size: int) -> dict:
             "pad_token_id": tok.convert_tokens_to_ids(_EOT), **text}
     return {"vision_config": vision, "text_config": text,
             "image_token_id": tok.convert_tokens_to_ids(IMAGE_TOKEN),
-            "image_seq_length": (image_size // 64) ** 2,
+            "image_seq_length": image_seq_length(image_size),
             "vision_feature_select_strategy": "full", "vision_feature_layer": -1,
             "projector_hidden_act": "gelu", "multimodal_projector_bias": True}
 
@@ -135,20 +120,14 @@ def build_tiny_model(out_dir: str | Path, *, image_size: int = 256,
     if shape not in ("tiny", "0.5b"):
         raise ValueError("shape must be 'tiny' or '0.5b'")
     import torch
-    from transformers import (
-        CLIPImageProcessor,
-        FastVlmConfig,
-        FastVlmForConditionalGeneration,
-        GenerationConfig,
-        LlavaProcessor,
-    )
+    from transformers import FastVlmConfig, FastVlmForConditionalGeneration, GenerationConfig
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = _build_tokenizer()
+    tok = build_tokenizer()
     config = FastVlmConfig(**_configs(shape, tok, image_size))
     torch.manual_seed(seed)
     model = FastVlmForConditionalGeneration(config)
@@ -157,13 +136,8 @@ def build_tiny_model(out_dir: str | Path, *, image_size: int = 256,
         eos_token_id=[tok.convert_tokens_to_ids(_IM_END), tok.convert_tokens_to_ids(_EOT)],
         pad_token_id=tok.convert_tokens_to_ids(_EOT), do_sample=False)
     model.to(getattr(torch, dtype)).save_pretrained(out)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-            image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], do_center_crop=True),
-        tokenizer=tok, patch_size=64, chat_template=CHAT_TEMPLATE)
-    processor.save_pretrained(out)
-    (out / "FASTVLM_TINY_MODEL.txt").write_text(
+    build_processor(tok, image_size).save_pretrained(out)
+    (out / TINY_MARKER).write_text(
         f"{TINY_MODEL_NAME}: randomly initialised (shape={shape}, image_size={image_size}, seed={seed}).\n"
         "Its text is meaningless. Point FASTVLM_MODEL at real FastVLM weights for real captions.\n")
     return out
@@ -171,20 +145,5 @@ def build_tiny_model(out_dir: str | Path, *, image_size: int = 256,
 
 def ensure_tiny_model(out_dir: str | Path, *, image_size: int = 256) -> Path:
     """Build the tiny model into ``out_dir`` once; safe when several processes race for it."""
-    import fcntl
-
-    out = Path(out_dir)
-    marker = out / "FASTVLM_TINY_MODEL.txt"
-    if marker.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.is_file():
-            return out
-        staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        build_tiny_model(staging, image_size=image_size)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(staging, out)
-    return out
+    return build_once(out_dir, marker=TINY_MARKER,
+                      build=lambda staging: build_tiny_model(staging, image_size=image_size))

@@ -92,6 +92,7 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
             "reason": service.state_reason,
             "pid": os.getpid(),
             "model": vlm.name if vlm else None,
+            "model_info": vlm.info.public() if vlm else None,
             "device": str(vlm.device) if vlm else None,
             "queue_depth": batcher.queue_depth if batcher else 0,
             "batch_running": bool(batcher and batcher.stats.busy_since is not None),

@@ -38,6 +38,7 @@ from .faults import FaultInjector
 
 if TYPE_CHECKING:  # torch loads in WorkerService.load, after the HTTP port is already open
     from ..engine.model import FastVLM, Generation, PreparedInput
+    from ..engine.model_info import ModelInfo
 
 __all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "WorkerService", "WorkerState"]
 
@@ -81,14 +82,12 @@ class WorkerService:
 
     # --- start-up ---------------------------------------------------------------------------
 
-    def model_source(self) -> tuple[str, str | None]:
-        """(folder or hub id, display name); the built-in tiny model when none is configured."""
-        from ..engine.tiny import TINY_MODEL_NAME, ensure_tiny_model
+    def model_source(self) -> tuple[str, ModelInfo]:
+        """(folder or hub id to load, the model's identity): the built-in tiny model when none is
+        configured; an Apple-format release is converted into the cache once, then reused."""
+        from ..engine.resolve import resolve_model
 
-        if self.settings.model:
-            return self.settings.model, None
-        path = ensure_tiny_model(self.settings.tiny_model_path)
-        return str(path), TINY_MODEL_NAME
+        return resolve_model(self.settings)
 
     def load(self) -> None:
         """Load, start the batcher and warm up; blocking (run it off the event loop)."""
@@ -100,11 +99,11 @@ class WorkerService:
 
             if self.settings.torch_threads:
                 torch.set_num_threads(self.settings.torch_threads)
-            source, name = self.model_source()
-            if name is not None:
-                log.warning("no FASTVLM_MODEL configured: serving the built-in tiny random model; "
-                            "its text is meaningless")
-            self.vlm = FastVLM.load(source, device=self.settings.device, dtype=self.settings.dtype, name=name)
+            source, info = self.model_source()
+            if info.format == "tiny-random":
+                log.warning("serving the tiny random model %s (FASTVLM_MODEL=%r): its text is meaningless",
+                            info.name, self.settings.model)
+            self.vlm = FastVLM.load(source, device=self.settings.device, dtype=self.settings.dtype, info=info)
             self.batcher = Batcher(
                 _exit_on_fatal(self.faults.wrap_batch(self.vlm.generate)), max_batch_size=self.settings.max_batch_size,
                 max_batch_wait_s=self.settings.max_batch_wait_ms / 1000,
@@ -172,6 +171,7 @@ class WorkerService:
             "failures": stats.failures if stats else 0,
             "last_success_at": stats.last_success_at if stats else None,
             "device": str(vlm.device) if vlm else None,
+            "model": vlm.info.public() if vlm else None,
             "memory": _memory_in_use(vlm),
         }
 
