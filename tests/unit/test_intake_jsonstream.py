@@ -9,12 +9,15 @@ import json
 import math
 import os
 import random
+import re
 import tracemalloc
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import pytest
 
 from fastvlm_engine.errors import InvalidJSON, InvalidRequest, MediaTooLarge, PayloadTooLarge
+from fastvlm_engine.intake import jsonstream
 from fastvlm_engine.intake.jsonstream import (
     NO_MEDIA,
     JsonLimits,
@@ -27,6 +30,7 @@ from fastvlm_engine.intake.jsonstream import (
 from fastvlm_engine.intake.sinks import SinkInfo, SpooledSink, spool_sinks
 from fastvlm_engine.media import decode_base64
 
+T = TypeVar("T")
 MiB = 1 << 20
 ODD_CHUNKS = (2, 3, 7, 13, 64)
 INVALID = "invalid"
@@ -97,6 +101,35 @@ class HashSink:
 
     def close(self) -> None:
         self.closed = True
+
+
+class HashSinks:
+    """A sink factory whose sinks keep only digests, remembering each sink it opened."""
+
+    def __init__(self) -> None:
+        self.sinks: list[HashSink] = []
+
+    def __call__(self, info: SinkInfo) -> HashSink:
+        self.sinks.append(HashSink())
+        return self.sinks[-1]
+
+
+def repeated_digest(block: bytes, count: int) -> str:
+    """The SHA-256 of ``block`` repeated ``count`` times, without building it."""
+    digest = hashlib.sha256()
+    for _ in range(count):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def traced_peak(run: Callable[[], T]) -> tuple[T, int]:
+    """What ``run`` returns, and the peak of memory traced while it ran (bytes)."""
+    tracemalloc.start()
+    try:
+        result = run()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 class RecordingFactory:
@@ -488,6 +521,9 @@ def test_a_media_value_replaced_by_a_duplicate_key_is_closed():
     assert [s.closed for s in factory.sinks] == [True, True, False]
 
 
+_BASE64_NOISE = ["=", "==", " ", "\n", "\u2028", "\u00a0", "-", "_", "!", "\u00e9", "A", "\x0b"]
+
+
 def _base64_variants(rng: random.Random, raw: bytes) -> Iterator[str]:
     text = base64.b64encode(raw).decode()
     yield text
@@ -495,7 +531,7 @@ def _base64_variants(rng: random.Random, raw: bytes) -> Iterator[str]:
         chars = list(text)
         for _ in range(rng.randint(1, 3)):
             i = rng.randrange(len(chars) + 1)
-            chars.insert(i, rng.choice(["=", "==", " ", "\n", "\u2028", "\u00a0", "-", "_", "!", "\u00e9", "A", "\x0b"]))
+            chars.insert(i, rng.choice(_BASE64_NOISE))
         if rng.random() < 0.3:
             del chars[rng.randrange(len(chars)):]
         yield "".join(chars)
@@ -592,11 +628,24 @@ def test_a_long_string_is_refused_naming_its_path():
             assert "messages[0].content" in info.value.message
 
 
-def test_a_long_key_is_refused():
-    body = json.dumps({"k" * 101: 1}).encode()
+@pytest.mark.parametrize("document,where", [
+    ({"k" * 101: 1}, "body"), ({"a": 1, "k" * 101: 1}, "body"), ({"o": [{"x": 1, "k" * 101: 1}]}, "o[0]"),
+])
+def test_a_long_key_is_refused_naming_its_object(document, where):
+    body = json.dumps(document).encode()
     for chunk in (1, 1 << 18):
-        with pytest.raises(PayloadTooLarge):
+        with pytest.raises(PayloadTooLarge) as info:
             parse_json(io.BytesIO(body), media=NO_MEDIA, limits=JsonLimits(max_string_chars=100), chunk_bytes=chunk)
+        assert info.value.details["field"] == where and info.value.message.startswith(f"A key in {where} ")
+
+
+def test_a_data_url_prefix_must_end_within_256_characters_whatever_the_chunking():
+    near = "data:image/png;" + "p=v;" * 57 + "base64,QUJD"  # the prefix ends at character 250
+    far = "data:image/png;" + "p=v;" * 70 + "base64,QUJD"
+    for chunk in (1, 7, 1 << 18):
+        value = parse_json(io.BytesIO(json.dumps([near, far]).encode()), media=media_policy(), chunk_bytes=chunk)
+        assert isinstance(value[0], MediaRef) and value[0].sink.read_bytes() == b"ABC"
+        assert value[1] == far
 
 
 def test_the_text_outside_media_is_bounded_but_media_does_not_count():
@@ -629,27 +678,14 @@ def test_a_300_mb_base64_string_is_never_held_in_memory():
     block_raw = random.Random(3).randbytes(3 * 64 * 1024)
     block = base64.b64encode(block_raw)  # 256 KiB, no padding: blocks concatenate into one valid string
     count = 1200  # 300 MiB of base64, 225 MiB decoded
-    expected = hashlib.sha256()
-    for _ in range(count):
-        expected.update(block_raw)
-    sinks: list[HashSink] = []
-
-    def open_sink(info: SinkInfo) -> HashSink:
-        sinks.append(HashSink())
-        return sinks[-1]
-
+    sinks = HashSinks()
     source = StreamSource([b'{"prompt": "describe", "video_base64": "'] + [block] * count + [b'", "n": [1, 2]}'])
-    policy = media_policy(max_bytes={"image": MiB, "video": 300 * MiB}, open_sink=open_sink)
-    tracemalloc.start()
-    try:
-        value = parse_json(source, media=policy)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    policy = media_policy(max_bytes={"image": MiB, "video": 300 * MiB}, open_sink=sinks)
+    value, peak = traced_peak(lambda: parse_json(source, media=policy))
     assert source.consumed > 300 * MiB
     assert peak < 16 * MiB, peak  # the body is 300 MiB
-    assert value["video_base64"].size == count * len(block_raw) == sinks[0].size
-    assert sinks[0].digest.hexdigest() == expected.hexdigest()
+    assert value["video_base64"].size == count * len(block_raw) == sinks.sinks[0].size
+    assert sinks.sinks[0].digest.hexdigest() == repeated_digest(block_raw, count)
     assert value["prompt"] == "describe" and value["n"] == [1, 2]
 
 
@@ -680,6 +716,10 @@ def _open_files_under(folder) -> list[str]:
     return [t for t in targets if t.startswith(str(folder))]
 
 
+def test_the_whitespace_base64_ignores_is_exactly_what_decode_base64_ignores():
+    assert jsonstream.WHITESPACE == "".join(chr(c) for c in range(0x110000) if re.fullmatch(r"\s", chr(c)))
+
+
 def test_format_path_names_fields_as_messages_do():
     assert format_path(()) == "body"
     assert format_path(("image_base64",)) == "image_base64"
@@ -695,5 +735,7 @@ def test_policy_configuration_errors_are_value_errors():
         MediaPolicy(max_bytes={"image": 10}, fields={"video_base64": "video"})
     with pytest.raises(ValueError):
         JsonLimits(max_depth=0)
+    with pytest.raises(ValueError):
+        JsonLimits(max_depth=513)
     with pytest.raises(ValueError):
         parse_json(io.BytesIO(b"1"), media=NO_MEDIA, chunk_bytes=0)

@@ -28,7 +28,13 @@ Semantics, held by a differential test against json.loads:
 Speed: a container that lies wholly in the buffer and holds nothing to spool and nothing over a
 limit is built by the C scanner json.loads itself uses (and then checked); everything else goes
 through the Python tokenizer below, which scans strings in bulk with regular expressions, never
-character by character, and is the one authority on errors.
+character by character, and is the one authority on errors. Clean base64 goes from the buffer
+to binascii with only str.find in between. One consequence of the two paths: a value that a
+later duplicate key replaces is dropped unseen by the C scanner (as by json.loads) but read,
+checked and counted by the tokenizer, so whether such a replaced value can cause a refusal
+(too long, bad base64, one media value too many) depends on where the reads split the body.
+The value returned is the same either way, and a given body read in the same chunks always
+gets the same answer.
 """
 
 from __future__ import annotations
@@ -43,14 +49,14 @@ from json.decoder import scanstring
 from typing import Any, BinaryIO
 
 from ..errors import InvalidJSON, InvalidRequest, PayloadTooLarge
-from .sinks import MeteredWriter, Sink, SinkFactory, SinkInfo, SinkLedger, spool_sinks
+from .sinks import MeteredWriter, MiB, Sink, SinkFactory, SinkInfo, SinkLedger, spool_sinks
 
-__all__ = ["JsonLimits", "JsonPath", "MediaPolicy", "MediaRef", "collect_media", "format_path", "parse_json"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "NO_MEDIA", "JsonLimits", "JsonPath", "MediaPolicy", "MediaRef", "collect_media",
+           "format_path", "parse_json"]
 
 JsonPath = tuple[str | int, ...]
 """Keys and list indices from the document root to a value; () is the root."""
 
-MiB = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 256 * 1024
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -59,20 +65,21 @@ _NUMBER_RUN = re.compile(r"[-+.eE0-9]*")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _PLAIN_STRING = re.compile(r'[^"\\\x00-\x1f]*"')
 # A run of complete string content: plain characters and whole escapes. A high-surrogate escape
-# is taken only with the context that decides whether it pairs with the next one, so a pair is
-# never split between two runs (json.loads joins pairs; two runs would not).
+# is taken only when the text after it (which decides whether it pairs with a following low one)
+# is in the buffer too, so a pair always falls in one run (json.loads joins pairs; two runs would not).
 _STRING_RUN = re.compile(
     r"(?:[^\"\\\x00-\x1f]++"
     r"|\\[\"\\/bfnrt]"
-    r"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
     r"|\\u[dD][89abAB][0-9a-fA-F]{2}(?=\\u[0-9a-fA-F]{4}|\\[^u]|[^\\])"
     r"|\\u(?![dD][89abAB])[0-9a-fA-F]{4})*+")
 _LONGEST_ESCAPE = 12  # a surrogate pair: \\uD83D\\uDE00
 _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)(?:;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
-_HEAD_CHARS = 256  # enough text to see a whole data: URL prefix before deciding
+_HEAD_CHARS = 256  # a data: URL prefix must end within this many characters of the string's start
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
-# What decode_base64 ignores (every character re's \s matches) and its urlsafe letters, for one translate.
-_CLEAN_BASE64 = {**{c: None for c in range(0x110000) if chr(c).isspace()}, ord("-"): "+", ord("_"): "/"}
+# decode_base64 drops every character re's \s matches (str.isspace: these 29) and reads -_ as +/.
+WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+              "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+_CLEAN_BASE64 = {**dict.fromkeys(map(ord, WHITESPACE)), ord("-"): "+", ord("_"): "/"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LITERALS = (("true", True), ("false", False), ("null", None))
 
@@ -144,11 +151,13 @@ class JsonLimits:
     max_text_chars: int = 4 * MiB
     """Most JSON text outside media strings. Built values take several times this in memory."""
     max_depth: int = 64
-    """Deepest nesting of arrays and objects."""
+    """Deepest nesting of arrays and objects (at most 512: the fast path's check recurses)."""
 
     def __post_init__(self) -> None:
         if min(self.max_string_chars, self.max_text_chars, self.max_depth) < 1:
             raise ValueError("JsonLimits values must be >= 1")
+        if self.max_depth > 512:
+            raise ValueError("JsonLimits.max_depth must be <= 512")
 
 
 def parse_json(source: BinaryIO, *, media: MediaPolicy, limits: JsonLimits = JsonLimits(),
@@ -336,7 +345,7 @@ class _Parser:
                         self.pos += 1
                         value = {} if c == "{" else []
                     elif c == "{":
-                        key = self._key()
+                        key = self._key(len(path))
                         stack.append([{}, key])
                         path.append(key)
                         continue
@@ -377,7 +386,7 @@ class _Parser:
                     c = self._peek()
                     if c == ",":
                         self.pos += 1
-                        frame[1] = path[-1] = self._key()
+                        frame[1] = path[-1] = self._key(len(path) - 1)
                         break
                     if c != "}":
                         raise self._invalid("expecting ',' or '}'")
@@ -441,11 +450,12 @@ class _Parser:
 
     # --- scalars ------------------------------------------------------------------------------
 
-    def _key(self) -> str:
+    def _key(self, depth: int) -> str:
+        """The next key of the object whose path is ``self._path[:depth]``, and its colon."""
         if self._peek() != '"':
             raise self._invalid("expecting a property name in double quotes")
         self.pos += 1
-        key = self._plain_string()
+        key = self._plain_string(depth)
         if self._peek() != ":":
             raise self._invalid("expecting ':'")
         self.pos += 1
@@ -496,29 +506,35 @@ class _Parser:
 
     # --- strings ------------------------------------------------------------------------------
 
-    def _plain_string(self) -> str:
-        """A string that is never media (a key), cursor just past its opening quote."""
+    def _plain_string(self, key_depth: int) -> str:
+        """A key, cursor just past its opening quote; keys are never media."""
         match = _PLAIN_STRING.match(self.buf, self.pos)
         if match is not None:
             text = self.buf[self.pos:match.end() - 1]
-            self._check_string(len(text))
+            self._check_string(len(text), key_depth)
             self.pos = match.end()
             return text
-        return self._collect(self._pieces(), "", 0)
+        return self._collect(self._pieces(), "", 0, key_depth)
 
-    def _collect(self, pieces: Iterator[str], text: str, size: int) -> str:
+    def _collect(self, pieces: Iterator[str], text: str, size: int, key_depth: int | None = None) -> str:
         parts = [text] if text else []
         for piece in pieces:
             size += len(piece)
-            self._check_string(size)
+            self._check_string(size, key_depth)
             parts.append(piece)
         return "".join(parts)
 
-    def _check_string(self, size: int) -> None:
-        if size > self._max_string:
+    def _check_string(self, size: int, key_depth: int | None = None) -> None:
+        """Refuse a string past the limit: a value (named by its path) or a key (by its object's)."""
+        if size <= self._max_string:
+            return
+        if key_depth is None:
             where = format_path(tuple(self._path))
-            raise PayloadTooLarge(f"{where} is longer than the limit of {self._max_string} characters.",
-                                  field=where)
+            message = f"{where} is longer than the limit of {self._max_string} characters."
+        else:
+            where = format_path(tuple(self._path[:key_depth]))
+            message = f"A key in {where} is longer than the limit of {self._max_string} characters."
+        raise PayloadTooLarge(message, field=where)
 
     def _string_value(self) -> str | MediaRef:
         """A string in value position: plain text, or media streamed into a sink."""
@@ -553,7 +569,7 @@ class _Parser:
 
     def _open_media(self, head: str, kind: str | None) -> _Base64Stream | None:
         """Start spooling the string whose first characters are ``head``; None if it is plain text."""
-        url = _DATA_URL.match(head)
+        url = _DATA_URL.match(head, 0, _HEAD_CHARS)
         mime = url.group(1).lower() if url else None
         if kind is None:
             if mime is None:

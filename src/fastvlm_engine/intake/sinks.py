@@ -18,7 +18,7 @@ from typing import BinaryIO, Protocol
 
 from ..errors import MediaTooLarge
 
-__all__ = ["MeteredWriter", "Sink", "SinkFactory", "SinkInfo", "SinkLedger", "SpooledSink", "spool_sinks"]
+__all__ = ["MiB", "MeteredWriter", "Sink", "SinkFactory", "SinkInfo", "SinkLedger", "SpooledSink", "spool_sinks"]
 
 MiB = 1024 * 1024
 
