@@ -56,16 +56,8 @@ from typing import Any, Final, Literal, Self
 import httpx
 
 from . import __version__
-from .errors import (
-    InferenceTimeout,
-    NoReadyWorkers,
-    NotReady,
-    QueueFull,
-    WorkerFailed,
-    WorkersBusy,
-    WorkerTimeout,
-    error_body,
-)
+from .errors import ERROR_CODES, error_body
+from .headers import REQUEST_ID_HEADER
 
 __all__ = [
     "CONNECTION_LOST",
@@ -100,7 +92,7 @@ __all__ = [
 ]
 
 DEFAULT_URL: Final = "http://127.0.0.1:9000"
-REQUEST_ID_HEADER: Final = "X-Request-ID"
+
 ATTEMPT_HEADER: Final = "X-Retry-Attempt"
 HEALTH_TIMEOUT_S: Final = 10.0
 """Health probes make one attempt: a probe should report the state now, not wait it out."""
@@ -110,13 +102,16 @@ CONNECT_ERROR: Final = "connect_error"
 CONNECTION_LOST: Final = "connection_lost"
 """Code for a connection reset or closed before the response: the server may have seen the request."""
 
-SHED_CODES: Final = frozenset({WorkersBusy.code, NoReadyWorkers.code, QueueFull.code, NotReady.code, "http_503"})
-"""Turned away before any work was done; retrying only costs the wait."""
-FAILURE_CODES: Final = frozenset({WorkerFailed.code, WorkerTimeout.code, InferenceTimeout.code, CONNECTION_LOST,
-                                  "http_502", "http_504"})
+SHED_CODES: Final = frozenset(
+    {code for code, cls in ERROR_CODES.items() if cls.retryable and not cls.may_have_run} | {"http_503", "http_429"})
+"""Turned away before any work was done (capacity, rate limits); retrying only costs the wait."""
+FAILURE_CODES: Final = frozenset(
+    {code for code, cls in ERROR_CODES.items() if cls.may_have_run} | {CONNECTION_LOST, "http_502", "http_504"})
 """The request may have run (or crashed a worker); retries of these are limited by max_failure_retries."""
-DEFAULT_RETRY_CODES: Final = SHED_CODES | {CONNECT_ERROR, CONNECTION_LOST, WorkerFailed.code, "http_502"}
-"""504s are left out on purpose: see RetryPolicy."""
+DEFAULT_RETRY_CODES: Final = frozenset(
+    {code for code, cls in ERROR_CODES.items() if cls.retryable}
+    | {CONNECT_ERROR, CONNECTION_LOST, "http_502", "http_503", "http_429"})
+"""Every code errors.py marks retryable, plus transport failures; 504s are left out on purpose: see RetryPolicy."""
 
 Endpoint = Literal["image", "video"]
 _PATHS: Final[dict[Endpoint, str]] = {"image": "/predict_image", "video": "/summarize_video"}
@@ -330,9 +325,10 @@ class RetryPolicy:
     60 s (videos); a deadline over all attempts of 150 s (images) or 960 s (videos), just above
     the router's own worker timeouts (120 s, 900 s), so its 504 arrives before the client gives up.
 
-    Retried by default: connection failures, every 503 shed code, ``worker_failed`` and a proxy's
-    502. Failures where the request may already have run (``FAILURE_CODES``: a worker crash, a
-    connection dropped mid-request, opted-in 504s) get at most ``max_failure_retries`` retries
+    Retried by default: connection failures, every code errors.py marks ``retryable`` (the 503
+    shed codes, ``rate_limited``, ``worker_failed``) and a proxy's 502/503/429. Failures where the
+    request may already have run (``FAILURE_CODES``: a worker crash, a connection dropped
+    mid-request, opted-in 504s) get at most ``max_failure_retries`` retries
     per call: an input that crashes workers must not take down one worker per attempt (the router
     already retries an image once on another worker).
 
@@ -342,7 +338,7 @@ class RetryPolicy:
     Add the code to ``retry_on_codes`` to opt in; it then counts against ``max_failure_retries``.
 
         RetryPolicy(max_attempts=1)                                  # never retry
-        RetryPolicy(retry_on_codes=DEFAULT_RETRY_CODES | {"rate_limited"})
+        RetryPolicy(retry_on_codes=DEFAULT_RETRY_CODES - {"rate_limited"})   # fail fast on 429
     """
 
     max_attempts: int = 6

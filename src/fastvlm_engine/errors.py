@@ -1,20 +1,26 @@
 """Every error the service can answer with, in one place.
 
-Each class carries its stable machine ``code`` and HTTP status; one handler renders any
-subclass as ``{"error": {"code", "message", ...}}``. Codes never change once released:
-clients branch on them.
+Each class carries its stable machine ``code``, its HTTP status and whether a client may
+retry it; one handler renders any subclass as ``{"error": {"code", "message", ...}}``. Codes
+never change once released: clients branch on them, and the reference client derives its retry
+rules from ``retryable`` and ``may_have_run`` here rather than keeping lists of its own.
 
     EngineError                      500 internal_error
     ├── RequestError
     │   ├── InvalidJSON              400 invalid_json
     │   ├── InvalidRequest           422 invalid_request
     │   ├── ContextTooLong           400 context_length_exceeded
+    │   ├── HttpError                4xx http_error (any other protocol-level refusal)
+    │   ├── RequestTimeout           408 request_timeout
+    │   ├── ClientClosedRequest      499 client_closed (logged and counted; never reaches a client)
     │   ├── RouteNotFound            404 not_found
     │   ├── MethodNotAllowed         405 method_not_allowed
     │   ├── PayloadTooLarge          413 payload_too_large
     │   ├── Unauthorized             401 unauthorized
     │   ├── ForbiddenIP              403 forbidden_ip
-    │   └── RateLimited              429 rate_limited
+    │   ├── RateLimited              429 rate_limited
+    │   ├── WorkerNotFound           404 worker_not_found
+    │   └── WorkerNotQuarantined     409 worker_not_quarantined
     ├── MediaError
     │   ├── PathNotAllowed           403 path_not_allowed
     │   ├── MediaNotFound            404 media_not_found
@@ -29,11 +35,17 @@ clients branch on them.
     │   ├── QueueFull                503 queue_full
     │   ├── WorkersBusy              503 workers_busy
     │   ├── NoReadyWorkers           503 no_ready_workers
-    │   └── ShuttingDown             503 shutting_down
+    │   ├── ShuttingDown             503 shutting_down
+    │   └── TooManyConnections       503 too_many_connections
     ├── InferenceTimeout             504 inference_timeout
     ├── WorkerFailed                 502 worker_failed
     ├── WorkerTimeout                504 worker_timeout
     └── InferenceFailed              500 inference_failed
+
+Retrying: ``retryable`` errors may be sent again unchanged after ``retry_after_sec`` (capacity
+errors and rate limits: nothing ran). ``may_have_run`` errors mean the work may have started, or
+crashed a worker, so a client should retry them sparingly if at all; 504s are not retryable by
+default because the request already used the whole timeout.
 """
 
 from __future__ import annotations
@@ -46,7 +58,9 @@ __all__ = [
     "CapacityError",
     "ContextTooLong",
     "EngineError",
+    "ClientClosedRequest",
     "ForbiddenIP",
+    "HttpError",
     "ImageTooLarge",
     "InferenceFailed",
     "InferenceTimeout",
@@ -65,8 +79,10 @@ __all__ = [
     "QueueFull",
     "RateLimited",
     "RequestError",
+    "RequestTimeout",
     "RouteNotFound",
     "ShuttingDown",
+    "TooManyConnections",
     "Unauthorized",
     "UnsupportedMedia",
     "VideoTooLong",
@@ -87,10 +103,16 @@ class EngineError(Exception):
     http_status: ClassVar[int] = 500
     default_message: ClassVar[str] = "The server hit an unexpected error."
     response_headers: ClassVar[dict[str, str]] = {}
+    retryable: ClassVar[bool] = False
+    """Sending the same request again later may succeed (and nothing ran the first time)."""
+    may_have_run: ClassVar[bool] = False
+    """The work may have started (or crashed a worker) before this error was raised."""
 
     def __init__(self, message: str | None = None, *, retry_after_sec: float | None = None,
                  **details: Any) -> None:
         self.message = message or self.default_message
+        self.status = self.http_status
+        """The HTTP status of this response (the class's, except for HttpError)."""
         self.retry_after_sec = retry_after_sec
         self.details = details
         super().__init__(self.message)
@@ -159,6 +181,31 @@ class ContextTooLong(RequestError):
     http_status = 400
     default_message = ("The prompt plus max_new_tokens need more context than this worker can hold "
                        "for one request; shorten the prompt or lower max_new_tokens.")
+class HttpError(RequestError):
+    """A protocol-level refusal without a more specific code; the status comes from the framework."""
+
+    code = "http_error"
+    http_status = 400
+    default_message = "The HTTP request was refused."
+
+    def __init__(self, message: str | None = None, *, status: int = 400, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.status = status
+
+
+class RequestTimeout(RequestError):
+    code = "request_timeout"
+    http_status = 408
+    default_message = "The request body did not arrive in time; send it faster or in a smaller request."
+    response_headers = {"Connection": "close"}
+
+
+class ClientClosedRequest(RequestError):
+    """The client went away before the answer; nginx's 499. Counted, logged, never sent."""
+
+    code = "client_closed"
+    http_status = 499
+    default_message = "The client closed the connection before the response."
 
 
 class RouteNotFound(RequestError):
@@ -177,6 +224,7 @@ class PayloadTooLarge(RequestError):
     code = "payload_too_large"
     http_status = 413
     default_message = "The request body is larger than this endpoint accepts."
+    response_headers = {"Connection": "close"}  # the rest of the body is never read
 
 
 class Unauthorized(RequestError):
@@ -196,6 +244,7 @@ class RateLimited(RequestError):
     code = "rate_limited"
     http_status = 429
     default_message = "Too many requests for this API key; slow down."
+    retryable = True
 
 
 class WorkerNotFound(RequestError):
@@ -274,6 +323,7 @@ class CapacityError(EngineError):
 
     code = "unavailable"
     http_status = 503
+    retryable = True
 
 
 class NotReady(CapacityError):
@@ -299,29 +349,41 @@ class NoReadyWorkers(CapacityError):
 class ShuttingDown(CapacityError):
     code = "shutting_down"
     default_message = "The service is shutting down and takes no new requests."
+    response_headers = {"Connection": "close"}
+
+
+class TooManyConnections(CapacityError):
+    code = "too_many_connections"
+    default_message = "The server has too many open connections; retry shortly."
+    response_headers = {"Connection": "close"}
 
 
 class InferenceTimeout(EngineError):
     code = "inference_timeout"
     http_status = 504
+    may_have_run = True
     default_message = "The request waited longer than the inference timeout."
 
 
 class WorkerFailed(EngineError):
     code = "worker_failed"
     http_status = 502
+    retryable = True
+    may_have_run = True
     default_message = "The worker handling the request failed."
 
 
 class WorkerTimeout(EngineError):
     code = "worker_timeout"
     http_status = 504
+    may_have_run = True
     default_message = "The worker did not answer in time."
 
 
 class InferenceFailed(EngineError):
     code = "inference_failed"
     http_status = 500
+    may_have_run = True
     default_message = "The model failed to process the request."
 
 

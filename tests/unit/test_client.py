@@ -115,7 +115,8 @@ def _decide(code: str, *, attempt: int = 0, retry_after: float | None = None, fa
 
 
 @pytest.mark.parametrize("code", ["workers_busy", "no_ready_workers", "queue_full", "not_ready", "worker_failed",
-                                  "connect_error", "connection_lost", "http_502", "http_503"])
+                                  "connect_error", "connection_lost", "http_502", "http_503", "rate_limited",
+                                  "http_429", "shutting_down", "too_many_connections"])
 def test_shed_and_transient_codes_are_retried(code):
     decision = _decide(code, retry_after=2.0)
     assert decision.retry and decision.delay_s == 2.25 and decision.stop_reason is None
@@ -123,7 +124,7 @@ def test_shed_and_transient_codes_are_retried(code):
 
 @pytest.mark.parametrize("code", ["worker_timeout", "inference_timeout", "http_504", "invalid_image",
                                   "invalid_request", "invalid_json", "path_not_allowed", "media_not_found",
-                                  "unauthorized", "rate_limited", "payload_too_large", "shutting_down",
+                                  "unauthorized", "payload_too_large", "request_timeout", "http_error",
                                   "internal_error", "inference_failed", "http_500", "timeout",
                                   "deadline_exceeded", "invalid_response"])
 def test_other_codes_are_not_retried(code):

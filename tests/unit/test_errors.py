@@ -4,11 +4,34 @@ from fastvlm_engine import errors
 from fastvlm_engine.errors import ERROR_CODES, EngineError, WorkersBusy, retry_after_header
 
 
-def test_every_code_is_unique_and_has_a_status():
-    assert len(ERROR_CODES) >= 20
+def _concrete_error_classes() -> set[type[EngineError]]:
+    abstract = {errors.RequestError, errors.MediaError, errors.CapacityError}
+    return {obj for obj in vars(errors).values()
+            if isinstance(obj, type) and issubclass(obj, EngineError) and obj not in abstract}
+
+
+def test_every_error_class_is_registered_under_its_own_code():
+    classes = _concrete_error_classes()
+    assert {cls.code: cls for cls in classes} == ERROR_CODES  # none missing, none extra, none shadowed
     for code, cls in ERROR_CODES.items():
-        assert cls.code == code
-        assert 400 <= cls.http_status <= 599
+        assert 400 <= cls.http_status <= 599, code
+
+
+def test_the_module_docstring_documents_every_code_with_its_status():
+    tree = errors.__doc__
+    for code, cls in ERROR_CODES.items():
+        status = "4xx" if cls is errors.HttpError else str(cls.http_status)
+        assert f"{status} {code}" in tree, code
+
+
+def test_the_client_takes_its_retry_rules_from_the_error_classes():
+    from fastvlm_engine.client import DEFAULT_RETRY_CODES, FAILURE_CODES, SHED_CODES
+
+    for code, cls in ERROR_CODES.items():
+        assert (code in DEFAULT_RETRY_CODES) == cls.retryable, code
+        assert (code in FAILURE_CODES) == cls.may_have_run, code
+        assert (code in SHED_CODES) == (cls.retryable and not cls.may_have_run), code
+    assert ERROR_CODES["rate_limited"].retryable and not ERROR_CODES["rate_limited"].may_have_run
 
 
 def test_the_seed_codes_keep_their_statuses():

@@ -1,0 +1,10 @@
+"""Header names the router, the workers and the client agree on (one place for each)."""
+
+REQUEST_ID_HEADER = "X-Request-ID"
+"""Echoed on every response; minted when the client sends none (or an unusable one)."""
+DEADLINE_HEADER = "X-FastVLM-Deadline-Ms"
+"""Router → worker: milliseconds the worker may spend; it stops the work itself before the router gives up."""
+WORKER_HEADER = "X-FastVLM-Worker"
+"""Router → client: the worker that produced the response."""
+QUEUE_HEADER = "X-FastVLM-Queue-Ms"
+"""Worker → router: time the request waited for the model (for the access log)."""
