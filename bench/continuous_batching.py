@@ -211,7 +211,7 @@ def gpu_scenarios(vlm, args) -> None:
     fast = _scheduler(vlm, max(sizes), context, fast_path=True)
     rows = []
     try:
-        for name, scheduler in (("eager", eager), ("fast", fast)):  # warm-up (graph capture for the fast path)
+        for _, scheduler in (("eager", eager), ("fast", fast)):  # warm-up (graph capture for the fast path)
             for size in sizes:
                 handles = [scheduler.submit(item) for item in items(size)]
                 [h.wait(600) for h in handles]

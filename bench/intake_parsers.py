@@ -46,6 +46,7 @@ from fastvlm_engine.intake.sinks import SinkFactory, SinkInfo, spool_sinks  # no
 MB = 1_000_000
 MiB = 1 << 20
 CHUNK = 256 * 1024
+DEFAULT_LIMITS = JsonLimits()
 BOUNDARY = "bench-boundary-7c1f"
 
 
@@ -132,7 +133,7 @@ def main() -> int:
     form = multipart_body(args.media_mb)
     content_type = f"multipart/form-data; boundary={BOUNDARY}"
 
-    def ours_json(data: bytes, limits: JsonLimits = JsonLimits()) -> Callable[[], object]:
+    def ours_json(data: bytes, limits: JsonLimits = DEFAULT_LIMITS) -> Callable[[], object]:
         return lambda: parse_json(io.BytesIO(data), media=media_policy, limits=limits, chunk_bytes=CHUNK)
 
     def loads_and_decode(data: bytes) -> Callable[[], object]:

@@ -114,6 +114,22 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Router bind address; 0.0.0.0 is an explicit choice.")
     port: int = Field(9000, ge=0, le=65535, description="Router port.")
     worker_host: str = Field("127.0.0.1", description="Address workers bind to.")
+    http_header_timeout_s: float = Field(10.0, gt=0, description="A connection must finish each request's "
+                                         "headers within this many seconds of opening or of starting the request; "
+                                         "slower ones get 408 and are closed.")
+    http_keep_alive_s: float = Field(5.0, gt=0, description="An idle keep-alive client connection is closed "
+                                     "after this many seconds.")
+    http_max_connections: int = Field(10_000, ge=16, description="Most open client connections; at the limit "
+                                      "the longest-idle one is closed to make room, and only when every connection "
+                                      "is busy does a new one get 503 too_many_connections.")
+    request_body_timeout_s: float = Field(300.0, gt=0, description="Longest a request body may take to arrive "
+                                          "in all (408 request_timeout after).")
+    request_body_idle_s: float = Field(10.0, gt=0, description="Longest pause between two pieces of a request "
+                                       "body; also the grace before request_body_min_rate_kib_s applies.")
+    request_body_min_rate_kib_s: float = Field(32.0, ge=0, description="Slowest average upload rate (KiB/s) "
+                                               "accepted after the first request_body_idle_s; 0 = no minimum.")
+    spool_dir: Path | None = Field(None, description="Folder for uploads being received or forwarded (a few MB "
+                                   "of memory per upload, the rest on disk); default the system temp folder.")
 
     # --- router: pool, admission, proxy ---------------------------------------------------------
     max_workers: int = Field(0, ge=0, description="Most workers in total; 0 = auto (max_workers_per_gpu "
@@ -310,21 +326,22 @@ class Settings(BaseSettings):
         """Folder of converted checkpoints."""
         return self.cache_dir if self.cache_dir is not None else _user_cache() / "converted"
 
+    def media_limit(self, kind: str) -> int:
+        """Largest image or video, in bytes."""
+        return self.max_image_bytes if kind == "image" else self.video_max_bytes
+
     def body_limit(self, endpoint: str) -> int:
-        """Largest request body for an endpoint: its media limit as base64 plus room for JSON."""
-        slack = 64 * 1024
-        if endpoint == "/predict_image":
-            return self.max_image_bytes * 4 // 3 + slack
-        if endpoint == "/summarize_video":
-            return self.video_max_bytes * 4 // 3 + slack
-        return slack
+        """Largest body for routes read whole; media endpoints enforce their own, per form."""
+        media = {"/predict_image": "image", "/summarize_video": "video"}.get(endpoint)
+        slack = 256 * 1024
+        return self.media_limit(media) * 4 // 3 + slack if media else slack
 
 
 def _user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastvlm-engine"
 
 
-FAULT_KINDS = ("exit_at_startup", "crash_after", "hang_after", "oom_after")
+FAULT_KINDS = ("exit_at_startup", "crash_after", "hang_after", "oom_after", "long_log_line")
 _FAULT_RE = re.compile(r"^(?P<kind>[a-z_]+)(?:=(?P<count>\d+))?(?:@(?P<worker>[\w.-]+))?(?P<once>:once)?$")
 
 
@@ -340,7 +357,7 @@ def parse_faults(spec: str) -> list[tuple[str, int, str | None, bool]]:
             raise ValueError(f"expected faults like 'crash_after=5@w0' with kinds {', '.join(FAULT_KINDS)}; "
                              f"got {part!r}")
         kind, count = match.group("kind"), int(match.group("count") or 0)
-        if kind != "exit_at_startup" and count < 1:
+        if kind not in ("exit_at_startup", "long_log_line") and count < 1:
             raise ValueError(f"{kind} needs a count >= 1, e.g. {kind}=3")
         faults.append((kind, count, match.group("worker"), bool(match.group("once"))))
     return faults

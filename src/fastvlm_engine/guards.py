@@ -1,9 +1,11 @@
 """Who may call: pure-ASGI guards in front of the router and the workers.
 
 ``AccessGuard`` (router): the IP allowlist covers every path except, by default, ``/healthz``
-and ``/readyz``; ``X-Forwarded-For`` is believed only from trusted proxies (the client is the
-right-most address a trusted proxy did not add). The API endpoints then need a valid API key
-(when any is configured), and a key over its rate gets 429 with ``Retry-After``.
+and ``/readyz``; ``X-Forwarded-For`` is believed only from ``FASTVLM_TRUSTED_PROXIES`` (the
+servers run with uvicorn's own proxy-header handling off). The API endpoints then need a valid
+API key (when any is configured), and a key over its rate gets 429 with ``Retry-After``. The
+resolved address and key id are left in the request's state for everything downstream (logs,
+the retry-after estimate's notion of "one client").
 
 ``InternalTokenGuard`` (worker): a worker spawned by the router answers only requests carrying
 the token the router gave that process, so an exposed worker port is useless to anyone else.
@@ -50,7 +52,14 @@ def _inside(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
 
 def client_address(scope: Scope, trusted: Sequence[IPNetwork]) -> IPAddress | None:
     """The caller's address: the peer, or — behind trusted proxies — the right-most untrusted
-    hop of ``X-Forwarded-For``. Hops a client wrote itself (left of the proxies) are ignored."""
+    hop of ``X-Forwarded-For``.
+
+    Walking from the right, each trusted hop vouches for the one to its left; the first address
+    that is not a trusted proxy is the client. Hops to its left were written by the client itself
+    and are ignored. When every hop claims to be a trusted proxy, no trusted party vouched for a
+    client, so the request is attributed to the peer that connected — never to the left-most
+    hop, which a client (or a proxy that passes the header through) could have written.
+    """
     peer = _address(scope["client"][0]) if scope.get("client") else None
     if peer is None or not _inside(peer, trusted):
         return peer
@@ -61,7 +70,7 @@ def client_address(scope: Scope, trusted: Sequence[IPNetwork]) -> IPAddress | No
             return None  # a malformed hop from a trusted proxy: trust nothing
         if not _inside(hop, trusted):
             return hop
-    return hops[0] if hops else peer
+    return peer
 
 
 class AccessGuard:
@@ -90,8 +99,10 @@ class AccessGuard:
 
     def _check(self, scope: Scope) -> None:
         path = scope["path"]
+        address = client_address(scope, self.trusted)
+        state = scope.setdefault("state", {})
+        state["client_ip"] = str(address) if address is not None else None
         if self.allowlist and path not in self.open_paths:
-            address = client_address(scope, self.trusted)
             if address is None or not _inside(address, self.allowlist):
                 raise ForbiddenIP()
         if path not in self.protected or not self.keys:
@@ -101,7 +112,7 @@ class AccessGuard:
         identity = self.keys.verify(presented_key(headers))
         if identity is None:
             raise Unauthorized("A valid API key is required (Authorization: Bearer <key> or X-API-Key).")
-        scope.setdefault("state", {})["api_key_id"] = identity
+        state["api_key_id"] = identity
         wait = self.limiter.take(identity, self.keys.rate_for(identity, self.default_rate))
         if wait > 0:
             raise RateLimited(retry_after_sec=wait)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .errors import ERROR_CODES
 
 __all__ = [
+    "MEDIA_KINDS",
     "Caption",
     "ErrorBody",
     "ErrorDetail",
     "ImageInfo",
+    "ImageOptions",
     "ImageTiming",
     "PredictImageRequest",
     "PredictImageResponse",
@@ -22,12 +24,31 @@ __all__ = [
     "SummarizeVideoResponse",
     "Usage",
     "VideoInfo",
+    "VideoOptions",
     "VideoTiming",
+    "Text",
 ]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _no_surrogates(text: str) -> str:
+    """Lone UTF-16 surrogates (JSON's "\\ud800") cannot be encoded, tokenised or used as paths."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate (invalid Unicode)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_no_surrogates)]
+"""A client-supplied string that must be valid Unicode."""
+
+MEDIA_KINDS = ("image", "video")
+"""Each media endpoint takes one item of its kind: ``<kind>_path``, ``<kind>_base64``, a multipart
+file field named ``<kind>``, or a raw body of that media type."""
 
 
 def _exactly_one(model: BaseModel, a: str, b: str) -> None:
@@ -36,15 +57,21 @@ def _exactly_one(model: BaseModel, a: str, b: str) -> None:
         raise ValueError(f"give exactly one of {a!r} or {b!r}")
 
 
-class PredictImageRequest(_Strict):
-    """Caption or answer a prompt about one image."""
+class ImageOptions(_Strict):
+    """Everything /predict_image takes besides the image itself."""
 
-    image_path: str | None = Field(None, min_length=1, max_length=4096,
-                                   description="File under one of the server's media roots.")
+    prompt: Text | None = Field(None, description="Question or instruction; default 'Describe the image.'")
+    max_new_tokens: int | None = Field(None, ge=1, description="Generation length, up to the server's limit.")
+
+
+class PredictImageRequest(ImageOptions):
+    """Caption or answer a prompt about one image (the JSON form; uploads may also come as a
+    multipart file field ``image`` or as a raw image body)."""
+
+    image_path: Text | None = Field(None, min_length=1, max_length=4096,
+                                    description="File under one of the server's media roots.")
     image_base64: str | None = Field(None, min_length=1, description="The image bytes, base64 "
                                      "(a data: URL prefix is accepted).")
-    prompt: str | None = Field(None, description="Question or instruction; default 'Describe the image.'")
-    max_new_tokens: int | None = Field(None, ge=1, description="Generation length, up to the server's limit.")
 
     @model_validator(mode="after")
     def _one_source(self) -> PredictImageRequest:
@@ -80,11 +107,16 @@ class PredictImageResponse(BaseModel):
     timing: ImageTiming
 
 
-class SummarizeVideoRequest(_Strict):
-    """Describe a short video: scenes, keyframe captions, summary, safety flags and tags."""
+class VideoOptions(_Strict):
+    """Everything /summarize_video takes besides the video itself."""
 
-    video_path: str | None = Field(None, min_length=1, max_length=4096,
-                                   description="File under one of the server's media roots.")
+
+class SummarizeVideoRequest(VideoOptions):
+    """Describe a short video: scenes, keyframe captions, summary, safety flags and tags (the JSON
+    form; uploads may also come as a multipart file field ``video`` or as a raw video body)."""
+
+    video_path: Text | None = Field(None, min_length=1, max_length=4096,
+                                    description="File under one of the server's media roots.")
     video_base64: str | None = Field(None, min_length=1, description="The video bytes, base64.")
 
     @model_validator(mode="after")

@@ -76,6 +76,11 @@ def test_rate_limiter_token_bucket():
     ("127.0.0.1", "garbage", ["127.0.0.0/8"], None),
     ("::ffff:127.0.0.1", None, [], "127.0.0.1"),
     ("::1", "[2001:db8::1]", ["::1/128"], "2001:db8::1"),
+    # Every hop claims to be a trusted proxy: nobody trusted vouched for a client, so the peer it is,
+    # never the left-most hop a client (or a pass-through TLS terminator) could have written.
+    ("127.0.0.1", "10.1.2.3", ["127.0.0.0/8", "10.0.0.0/8"], "127.0.0.1"),
+    ("127.0.0.1", "10.1.2.3, 10.9.9.9", ["127.0.0.0/8", "10.0.0.0/8"], "127.0.0.1"),
+    ("127.0.0.1", "::ffff:10.1.2.3", ["127.0.0.0/8", "10.0.0.0/8"], "127.0.0.1"),
 ])
 def test_client_address(peer, forwarded, trusted, expected):
     import ipaddress

@@ -3,7 +3,6 @@
 import asyncio
 import threading
 import time
-from concurrent.futures import Future
 
 import pytest
 import torch
@@ -182,8 +181,14 @@ def test_async_run_many_keeps_order(vlm, images):
 
 def test_stop_fails_queued_work_instead_of_hanging(vlm, images):
     gate = threading.Event()
-    batcher = Batcher(lambda b: (gate.wait(5), vlm.generate(b))[1], max_batch_size=1,
-                      max_batch_wait_s=0).start()
+    ran: list[int] = []
+
+    def run(batch):
+        gate.wait(5)
+        ran.append(len(batch))
+        return vlm.generate(batch)
+
+    batcher = Batcher(run, max_batch_size=1, max_batch_wait_s=0).start()
     item = vlm.prepare(images[0], "Hi", 2)
     running = batcher.submit(item)
     time.sleep(0.2)
@@ -197,7 +202,50 @@ def test_stop_fails_queued_work_instead_of_hanging(vlm, images):
         waiting.result(timeout=30)
     with pytest.raises(QueueFull):
         batcher.submit(item)
-    assert isinstance(running, Future)
+    assert ran == [1] and not batcher.alive  # the queued item never reached the model
+
+
+def test_run_many_withdraws_what_it_queued_when_a_later_submit_fails(vlm, images):
+    gate = threading.Event()
+    seen: list[PreparedInput] = []
+
+    def run(batch):
+        gate.wait(10)
+        seen.extend(batch)
+        return vlm.generate(batch)
+
+    batcher = Batcher(run, max_batch_size=1, max_batch_wait_s=0, max_queue_size=2).start()
+    try:
+        blocker = vlm.prepare(images[0], "Hi", 2)
+        first = batcher.submit(blocker)
+        time.sleep(0.2)  # the blocker is running: the queue is empty again
+        frames = [vlm.prepare(img, "Frame", 2) for img in images[:3]]
+        with pytest.raises(QueueFull):
+            asyncio.run(batcher.run_many(frames))  # two fit in the queue, the third does not
+        gate.set()
+        first.result(timeout=30)
+        late = batcher.submit(vlm.prepare(images[1], "After", 2)).result(timeout=30)
+        assert late.output.token_ids
+        assert not any(item in seen for item in frames)  # the two queued frames never ran
+    finally:
+        gate.set()
+        batcher.stop()
+
+
+def test_a_model_failure_is_an_inference_error_not_an_internal_error(vlm, images):
+    from fastvlm_engine.errors import InferenceFailed
+
+    def broken(batch):
+        raise ValueError("shapes do not match")
+
+    batcher = Batcher(broken, max_batch_size=1, max_batch_wait_s=0).start()
+    try:
+        with pytest.raises(InferenceFailed) as caught:
+            batcher.submit(vlm.prepare(images[0], "Hi", 2)).result(timeout=30)
+    finally:
+        batcher.stop()
+    assert caught.value.code == "inference_failed" and caught.value.status == 500
+    assert isinstance(caught.value.__cause__, ValueError)
 
 
 def test_batcher_rejects_bad_options(vlm):

@@ -146,3 +146,51 @@ def test_base64_errors_name_the_field_and_check_size_before_decoding():
     assert info.value.details["field"] == "image_base64"
     with pytest.raises(MediaTooLarge):
         decode_base64("A" * 4000, field="image_base64", max_bytes=100)
+
+
+def test_a_folder_swapped_for_a_symlink_while_requests_run_never_raises_a_raw_os_error(tmp_path):
+    """A directory inside a media root flipping between a real folder and a symlink (deploy
+    scripts do this) made realpath/readlink raise FileNotFoundError or OSError: a 500."""
+    import os
+    import threading
+
+    from fastvlm_engine.errors import MediaError
+    from fastvlm_engine.media import open_media
+
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    (root / "real" / "a.jpg").write_bytes(b"\xff\xd8\xff" + b"x" * 100)
+    (root / "other").mkdir()
+    (root / "other" / "a.jpg").write_bytes(b"\xff\xd8\xff" + b"y" * 100)
+    flip = root / "current"
+    stop = threading.Event()
+
+    def flipper() -> None:
+        while not stop.is_set():
+            try:
+                flip.symlink_to(root / "real")
+                flip.unlink()
+                flip.mkdir()
+                (flip / "a.jpg").write_bytes(b"\xff\xd8\xffz")
+                (flip / "a.jpg").unlink()
+                flip.rmdir()
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=flipper, daemon=True)
+    thread.start()
+    unexpected: list[BaseException] = []
+    try:
+        for _ in range(4000):
+            try:
+                with open_media("current/a.jpg", [root], 10_000):
+                    pass
+            except MediaError:
+                pass  # not found / not allowed are the right answers mid-swap
+            except Exception as exc:
+                unexpected.append(exc)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not unexpected, f"{len(unexpected)} raw errors, e.g. {unexpected[0]!r}"
+    assert os.path.realpath(root) == str(root)

@@ -70,7 +70,7 @@ def test_a_full_gpu_gets_no_first_worker():
 
 
 def test_device_env_pins_one_gpu():
-    assert Device(gpu=3).worker_env() == {"CUDA_VISIBLE_DEVICES": "3", "FASTVLM_DEVICE": "cuda:0"}
-    assert Device(gpu=3, simulated=True).worker_env()["FASTVLM_DEVICE"] == "cpu"
+    assert Device(gpu=3).worker_env("GPU-3")["CUDA_VISIBLE_DEVICES"] == "GPU-3"
+    assert Device(gpu=3, simulated=True).worker_env("")["FASTVLM_DEVICE"] == "cpu"
     assert Device().label == "cpu" and Device(gpu=1).label == "cuda:1"
     assert Device(gpu=1, simulated=True).label == "sim-gpu:1"

@@ -6,3 +6,43 @@ def test_hop_by_hop_headers_are_not_copied():
                "Transfer-Encoding": "chunked", "Content-Type": "application/json", "Content-Length": "10",
                "X-Request-ID": "abc", "Upgrade": "h2c", "Proxy-Authorization": "x", "TE": "trailers"}
     assert end_to_end_headers(headers) == {"Content-Type": "application/json", "X-Request-ID": "abc"}
+
+
+def test_a_connect_timeout_means_the_worker_was_never_reached():
+    """A worker that cannot be connected to in time never saw the request: another may take it (no 504)."""
+    import asyncio
+    import socket
+
+    import pytest
+
+    from fastvlm_engine.router.upstream import Upstream, WorkerUnreachable
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):  # fill the accept queue; later connection attempts hang unanswered
+            filler = socket.socket()
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(filler)
+
+        async def call() -> None:
+            upstream = Upstream(connect_timeout_s=0.3)
+            await upstream.start()
+            try:
+                await upstream.request("GET", f"http://127.0.0.1:{port}/x", timeout_s=5.0)
+            finally:
+                await upstream.close()
+
+        with pytest.raises(WorkerUnreachable):
+            asyncio.run(call())
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()

@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ..errors import InferenceTimeout, QueueFull
+from ..errors import EngineError, InferenceFailed, InferenceTimeout, QueueFull
 
 __all__ = ["BatchObserver", "BatchResult", "Batcher", "BatcherStats"]
 
@@ -142,9 +142,15 @@ class Batcher(Generic[In, Out]):
         return await asyncio.wrap_future(self.submit(item))
 
     async def run_many(self, items: Sequence[In]) -> list[BatchResult[Out]]:
-        """Submit all items at once so they can share batches, then await them in order."""
-        futures = [asyncio.wrap_future(self.submit(item)) for item in items]
+        """Submit all items at once so they can share batches, then await them in order.
+
+        If any submission fails (the queue filled up part-way) or the caller goes away, the items
+        already queued are withdrawn too: nobody would read their results.
+        """
+        futures: list[asyncio.Future] = []
         try:
+            for item in items:
+                futures.append(asyncio.wrap_future(self.submit(item)))
             return list(await asyncio.gather(*futures))
         except BaseException:
             for fut in futures:
@@ -206,7 +212,7 @@ class Batcher(Generic[In, Out]):
             if len(jobs) == 1:
                 self.stats.failures += 1
                 log.warning("inference failed: %s: %s", type(exc).__name__, exc)
-                jobs[0].future.set_exception(exc)
+                jobs[0].future.set_exception(_as_inference_error(exc))
                 return
             log.warning("batch of %d failed (%s); retrying items one by one", len(jobs), exc)
             for job in jobs:
@@ -225,3 +231,12 @@ class Batcher(Generic[In, Out]):
                 observer(len(jobs), elapsed)
             except Exception:  # telemetry must never break inference
                 log.exception("batch observer failed")
+
+
+def _as_inference_error(exc: Exception) -> EngineError:
+    """A model failure as the client should see it: 500 ``inference_failed``, not ``internal_error``."""
+    if isinstance(exc, EngineError):
+        return exc
+    error = InferenceFailed(f"The model failed on this input ({type(exc).__name__}).")
+    error.__cause__ = exc
+    return error

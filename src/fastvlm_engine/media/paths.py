@@ -4,6 +4,8 @@ A path is resolved (symlinks followed) before the check, opened without followin
 symlink, and the opened descriptor is checked again through /proc, so a file swapped for a
 symlink between the check and the open is still refused. Refusals outside the roots carry the
 same message whether or not the target exists: the API must not become a file-existence oracle.
+Folders can change while this runs (a directory swapped for a symlink and back); whatever the
+file system answers then — missing, a loop, a path too long — is "not found", never an error.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def open_media(user_path: str, roots: Sequence[Path], max_bytes: int) -> BinaryI
         raise PathNotAllowed(_NO_ROOTS)
     if "\x00" in user_path or not user_path.strip():
         raise PathNotAllowed(_OUTSIDE)
-    allowed = [real for real in map(os.path.realpath, _candidates(user_path, roots)) if _within(real, roots)]
+    allowed = [real for real in map(_resolved, _candidates(user_path, roots)) if real and _within(real, roots)]
     if not allowed:
         raise PathNotAllowed(_OUTSIDE)
     for real in allowed:
@@ -59,9 +61,21 @@ def open_media(user_path: str, roots: Sequence[Path], max_bytes: int) -> BinaryI
     raise MediaNotFound()
 
 
+def _resolved(path: str) -> str | None:
+    """The path with every symlink followed, or None when the file system cannot say right now."""
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):  # e.g. a component swapped away mid-walk, ELOOP, embedded NUL
+        return None
+
+
 def _checked(fd: int, roots: Sequence[Path], max_bytes: int) -> BinaryIO:
     proc_link = f"/proc/self/fd/{fd}"
-    if os.path.exists(proc_link) and not _within(os.readlink(proc_link), roots):
+    try:
+        opened = os.readlink(proc_link)
+    except OSError:
+        opened = None  # no /proc (not Linux): the O_NOFOLLOW open and realpath check stand alone
+    if opened is not None and not _within(opened, roots):
         raise PathNotAllowed(_OUTSIDE)
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):

@@ -18,13 +18,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..headers import QUEUE_HEADER, WORKER_HEADER
 from .metrics import HttpMetrics
 from .tracing import extract, tracer
 
-__all__ = ["QUEUE_HEADER", "TelemetryMiddleware"]
+__all__ = ["TelemetryMiddleware"]
 
-QUEUE_HEADER = "x-fastvlm-queue-ms"
-WORKER_HEADER = "x-fastvlm-worker"
+_QUEUE = QUEUE_HEADER.lower()
+_WORKER = WORKER_HEADER.lower()
 _ERROR_BODY_LIMIT = 16 * 1024
 access_log = logging.getLogger("fastvlm_engine.access")
 
@@ -92,14 +93,14 @@ class TelemetryMiddleware:
         context = span.get_span_context()
         state = scope.get("state", {})
         attempt = headers.get("x-retry-attempt", "")
-        queue_ms = response["headers"].get(QUEUE_HEADER)
+        queue_ms = response["headers"].get(_QUEUE)
         access_log.info(
             "%s %s %d %s %.1fms", scope["method"], endpoint, status, code, seconds * 1000,
             extra={"request_id": state.get("request_id"),
                    "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
                    "endpoint": endpoint, "method": scope["method"], "status": status,
                    "error_code": None if code == "ok" else code,
-                   "worker": response["headers"].get(WORKER_HEADER),
+                   "worker": response["headers"].get(_WORKER),
                    "queue_wait_ms": float(queue_ms) if queue_ms and queue_ms.replace(".", "", 1).isdigit()
                    else None,
                    "latency_ms": round(seconds * 1000, 2),

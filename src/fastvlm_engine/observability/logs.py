@@ -99,6 +99,8 @@ def configure_logging(level: str, fmt: str, process: str) -> None:
     logging.captureWarnings(True)
     for noisy in ("uvicorn.access",):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # python-multipart warns about every malformed body: clients must not be able to write our logs.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 
 def wrap_foreign_line(line: str, process: str) -> str:

@@ -37,6 +37,7 @@ from ..config import Settings
 from ..errors import WorkerNotFound, WorkerNotQuarantined
 from ..observability.logs import wrap_foreign_line
 from .inventory import Inventory, host_ram_fraction
+from .logpump import LogWriter, pump_lines
 from .placement import Placement
 from .upstream import Upstream
 from .workers import Device, Worker, WorkerState
@@ -83,6 +84,7 @@ class WorkerPool:
         self._gpu_footprint: dict[int, int] = {}
         self._ram_per_worker: float = 0.0
         self._stopping = False
+        self._log_writer: LogWriter | None = None
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -138,11 +140,12 @@ class WorkerPool:
             sock.bind((worker.host, 0))
             worker.port = sock.getsockname()[1]
             worker.token = secrets.token_urlsafe(32)
-            env = {**os.environ, **worker.device.worker_env(), "FASTVLM_WORKER_TOKEN": worker.token}
+            gpu = worker.device.gpu
+            cuda_id = self.inventory.cuda_id(gpu) if gpu is not None else ""
+            env = {**os.environ, **worker.device.worker_env(cuda_id), "FASTVLM_WORKER_TOKEN": worker.token}
             args = [sys.executable, "-m", "fastvlm_engine.cli", "worker", "--fd", str(sock.fileno()),
                     "--host", worker.host, "--parent-pid", str(os.getpid()), "--worker-id", worker.id,
                     "--incarnation", str(worker.restarts)]
-            gpu = worker.device.gpu
             before = next((g.used_bytes for g in self.inventory.gpus() if g.index == gpu), None)
             process = await asyncio.create_subprocess_exec(
                 *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -165,15 +168,15 @@ class WorkerPool:
         """Keep the last lines for diagnostics and pass them on to the router's stderr."""
         if process.stdout is None:
             return
-        while True:
-            line = await process.stdout.readline()
-            if not line:
-                return
-            text = line.decode(errors="replace").rstrip()
+        if self._log_writer is None:
+            self._log_writer = LogWriter()
+        writer, as_json = self._log_writer, self.settings.log_format == "json"
+
+        def on_line(text: str) -> None:
             worker.log_tail.append(text)
-            if self.settings.log_format == "json":
-                text = wrap_foreign_line(text, worker.id)
-            print(text, file=sys.stderr, flush=True)
+            writer.write(wrap_foreign_line(text, worker.id) if as_json else text)
+
+        await pump_lines(process.stdout, on_line)
 
     async def _watch_exit(self, worker: Worker, process: asyncio.subprocess.Process) -> int:
         code = await process.wait()
@@ -372,3 +375,5 @@ class WorkerPool:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._log_writer is not None:
+            await asyncio.to_thread(self._log_writer.close)

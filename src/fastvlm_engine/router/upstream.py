@@ -1,8 +1,10 @@
 """Router → worker HTTP over one pooled aiohttp session.
 
 aiohttp exceptions are translated here and nowhere else (like httpx does with httpcore):
-a refused connection means the request never reached the worker (safe to try another), a
-connection lost mid-request means the worker failed, and a timeout is a timeout.
+a refused connection or a connect timeout means the request never reached the worker (safe to
+try another), a connection lost mid-request means the worker failed, and a timeout while waiting
+for the answer is a timeout. Idle pooled connections are closed after ``POOL_IDLE_S``, before the
+workers' own keep-alive ends, so a request never lands on a connection a worker just closed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from ..errors import WorkerFailed, WorkerTimeout
+from ..web.server import POOL_IDLE_S
 
 __all__ = ["HOP_BY_HOP", "Upstream", "UpstreamResponse", "WorkerUnreachable", "end_to_end_headers"]
 
@@ -47,8 +50,8 @@ def end_to_end_headers(headers: Mapping[str, str]) -> dict[str, str]:
 def _translate() -> Iterator[None]:
     try:
         yield
-    except aiohttp.ClientConnectorError as exc:
-        raise WorkerUnreachable(str(exc)) from exc
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:  # never reached the worker
+        raise WorkerUnreachable(str(exc) or type(exc).__name__) from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise WorkerTimeout() from exc
     except aiohttp.ClientError as exc:  # disconnected, reset, bad payload ...
@@ -64,7 +67,7 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, keepalive_timeout=30,
+        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, keepalive_timeout=POOL_IDLE_S,
                                          enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                               skip_auto_headers=("User-Agent",))

@@ -37,11 +37,11 @@ class Device:
             return "cpu"
         return f"sim-gpu:{self.gpu}" if self.simulated else f"cuda:{self.gpu}"
 
-    def worker_env(self) -> dict[str, str]:
-        """Pin a worker to this device: it sees only its GPU, as cuda:0."""
+    def worker_env(self, cuda_id: str) -> dict[str, str]:
+        """Pin a worker to this device: it sees only its GPU (``cuda_id``: its UUID), as cuda:0."""
         if self.gpu is None or self.simulated:
             return {"CUDA_VISIBLE_DEVICES": "", "FASTVLM_DEVICE": "cpu"}
-        return {"CUDA_VISIBLE_DEVICES": str(self.gpu), "FASTVLM_DEVICE": "cuda:0"}
+        return {"CUDA_VISIBLE_DEVICES": cuda_id, "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "FASTVLM_DEVICE": "cuda:0"}
 
 
 @dataclass(eq=False)
@@ -97,6 +97,7 @@ class Worker:
             "max_concurrent": max_concurrent, "restarts": self.restarts,
             "failures_in_window": len(self.failures), "last_failure": self.last_failure,
             "queue_depth": self.health.get("queue_depth"), "last_success_at": self.health.get("last_success_at"),
+            "worker_in_flight": self.health.get("in_flight"), "items_done": self.health.get("items"),
             "memory": self.health.get("memory"),
             "latency_ms": {endpoint: round(ewma.get() * 1000, 1) for endpoint, ewma in self._latency.items()
                            if ewma.value is not None},

@@ -18,6 +18,8 @@ pass, so the stage times can add up to more than ``total_sec``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,7 +31,7 @@ from ..config import Settings
 from ..errors import InferenceFailed
 from ..observability import tracing
 from ..schemas import Caption, SafetyFlag, Scene, SummarizeVideoResponse, VideoTiming
-from .analysis import VideoAnalysis, analyze_video
+from .analysis import AnalysisCancelled, VideoAnalysis, analyze_video
 from .lexicon import vibe_tags
 from .safety import SafetyChecker, caption_safety_flags, default_safety_checker
 from .source import VideoSource
@@ -38,6 +40,8 @@ from .summary import build_summary_prompt, extractive_summary, format_timestamp
 __all__ = ["Captioner", "frame_prompt", "summarize_video"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class Captioner(Protocol):
@@ -84,11 +88,23 @@ async def summarize_video(source: VideoSource, settings: Settings, captioner: Ca
     started = time.perf_counter()
     stop = threading.Event()
     analysis_started_ns = time.time_ns()
-    with tracing.span("video.analysis"):
+    def analyse() -> VideoAnalysis:
         try:
-            analysis = await asyncio.to_thread(analyze_video, source, settings, stop=stop)
+            return analyze_video(source, settings, stop=stop)
+        except AnalysisCancelled:
+            log.info("video analysis stopped: its request was cancelled")
+            raise
+
+    with tracing.span("video.analysis"):
+        context = contextvars.copy_context()
+        running = asyncio.get_running_loop().run_in_executor(None, context.run, analyse)
+        try:
+            analysis = await asyncio.shield(running)
         except asyncio.CancelledError:
-            stop.set()  # the decoding thread stops at its next frame
+            stop.set()  # the decoding thread stops at its next frame; wait for that, so the
+            await asyncio.wait({running})  # caller may close the source once we return
+            if not running.cancelled():
+                running.exception()  # retrieved: it is the AnalysisCancelled we asked for
             raise
         t = analysis.timings
         tracing.record_stage_spans([("video.stats", t.stats_sec), ("video.scene_detection", t.scene_detection_sec),

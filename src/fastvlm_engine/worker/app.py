@@ -2,7 +2,9 @@
 
 The model loads in a background thread after the port opens, so ``/healthz`` answers at once
 and ``/readyz`` tells loading from ready. Handlers never touch the model directly: they await
-the batcher, so health checks answer while a batch runs.
+the batcher, so health checks answer while a batch runs. A media request is read and parsed
+completely (off the event loop) before it reaches the service, runs under the deadline the
+router sent (``X-FastVLM-Deadline-Ms``), and is cancelled if the router goes away.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry
 
 from ..config import Settings
-from ..errors import NotReady
+from ..errors import InferenceTimeout, NotReady, ShuttingDown
 from ..guards import InternalTokenGuard
+from ..headers import DEADLINE_HEADER, QUEUE_HEADER
+from ..intake.request import body_rules, intake_limits, read_media_request
+from ..intake.submission import MediaKind
 from ..observability import tracing
-from ..observability.http import QUEUE_HEADER, TelemetryMiddleware
+from ..observability.http import TelemetryMiddleware
 from ..observability.metrics import API_ENDPOINTS, CONTENT_TYPE, WorkerMetrics, render
 from ..schemas import (
     PredictImageRequest,
@@ -32,26 +38,123 @@ from ..schemas import (
 )
 from ..web import (
     BodyLimitMiddleware,
+    InFlight,
     RequestIdMiddleware,
+    RequestLifecycle,
     error_response,
     install_error_handlers,
-    json_body_openapi,
-    parse_json_body,
+    media_body_openapi,
     request_id_of,
 )
 from .service import WorkerService, WorkerState
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "request_deadline_s"]
 
 log = logging.getLogger(__name__)
 
+_MEDIA_ERRORS = error_responses(400, 403, 404, 408, 413, 415, 422, 503, 504)
+
+
+def request_deadline_s(request: Request, default_s: float) -> float:
+    """The router's deadline for this request (``X-FastVLM-Deadline-Ms``), never above ``default_s``."""
+    value = request.headers.get(DEADLINE_HEADER, "")
+    if value.isdigit() and len(value) < 10:
+        return max(0.001, min(default_s, int(value) / 1000))
+    return default_s
+
+
+def _service(request: Request) -> WorkerService:
+    return request.app.state.service
+
+
+async def _run_media(request: Request, kind: MediaKind) -> Any:
+    service = _service(request)
+    if service.state is WorkerState.STOPPING:
+        raise ShuttingDown(retry_after_sec=1.0)
+    service.require_ready()
+    settings = service.settings
+    deadline = request_deadline_s(request, settings.inference_timeout_s)
+    try:
+        async with asyncio.timeout(deadline):
+            with await read_media_request(request, kind, intake_limits(settings, kind), body_rules(settings)) as media:
+                if kind == "image":
+                    return await service.predict_image(media)
+                return await service.summarize_video(media)
+    except TimeoutError:
+        raise InferenceTimeout(f"The request did not finish within its deadline of {deadline:.1f}s.") from None
+
+
+async def predict_image(request: Request) -> Response:
+    """Caption an image or answer a prompt about it."""
+    result = await _run_media(request, "image")
+    return JSONResponse(result.model_dump(), headers={QUEUE_HEADER: str(result.timing.queue_ms)})
+
+
+async def summarize_video(request: Request) -> SummarizeVideoResponse:
+    """Describe a short video: scenes, keyframe captions, summary, safety flags, tags."""
+    return await _run_media(request, "video")
+
+
+async def healthz(request: Request) -> dict:
+    """Liveness: the process answers (also while loading or busy)."""
+    service = _service(request)
+    vlm, batcher = service.vlm, service.batcher
+    return {
+        "status": "ok",
+        "state": service.state.value,
+        "reason": service.state_reason,
+        "pid": os.getpid(),
+        "model": vlm.name if vlm else None,
+        "model_info": vlm.info.public() if vlm else None,
+        "device": str(vlm.device) if vlm else None,
+        "queue_depth": batcher.queue_depth if batcher else 0,
+        "batch_running": bool(batcher and batcher.stats.busy_since is not None),
+        "batches_run": batcher.stats.batches if batcher else 0,
+    }
+
+
+async def worker_health(request: Request) -> dict:
+    """Heartbeat for the router: state, load, progress, memory."""
+    return _service(request).health()
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: 200 once the model loaded and a warm-up generation succeeded."""
+    service = _service(request)
+    if service.state is not WorkerState.READY:
+        return error_response(NotReady(f"The worker is not ready: {service.state_reason}.",
+                                       state=service.state.value), request_id_of(request))
+    vlm, _ = service.require_ready()
+    return JSONResponse({"status": "ready", "model": vlm.name, "device": str(vlm.device)})
+
+
+async def metrics(request: Request) -> Response:
+    """This worker's Prometheus metrics (the router's /metrics includes them)."""
+    return Response(render(request.app.state.registry), media_type=CONTENT_TYPE)
+
+
+ROUTES: list[tuple[str, Callable[..., Any], list[str], dict[str, Any]]] = [
+    ("/healthz", healthz, ["GET", "HEAD"], {}),
+    ("/readyz", readyz, ["GET", "HEAD"], {"responses": error_responses(503)}),
+    ("/worker_health", worker_health, ["GET"], {}),
+    ("/metrics", metrics, ["GET"], {"response_class": PlainTextResponse}),
+    ("/predict_image", predict_image, ["POST"],
+     {"response_model": PredictImageResponse, "responses": _MEDIA_ERRORS,
+      "openapi_extra": media_body_openapi(PredictImageRequest, "image")}),
+    ("/summarize_video", summarize_video, ["POST"],
+     {"response_model": SummarizeVideoResponse, "responses": _MEDIA_ERRORS,
+      "openapi_extra": media_body_openapi(SummarizeVideoRequest, "video")}),
+]
+
 
 def create_app(settings: Settings, service: WorkerService | None = None, *, worker_id: str | None = None,
-               incarnation: int = 0, on_load_failure: Callable[[BaseException], None] | None = None) -> FastAPI:
+               incarnation: int = 0, on_load_failure: Callable[[BaseException], None] | None = None,
+               in_flight: InFlight | None = None) -> FastAPI:
     """Build the worker app; ``on_load_failure`` lets the server exit when the model cannot load."""
     registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
-    service = service or WorkerService(settings, worker_id=worker_id, incarnation=incarnation, metrics=metrics)
+    metrics_ = WorkerMetrics(registry)
+    service = service or WorkerService(settings, worker_id=worker_id, incarnation=incarnation, metrics=metrics_)
+    in_flight = in_flight or InFlight(lambda path: path in API_ENDPOINTS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,66 +175,18 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
             service.stop()
             tracing.shutdown_tracing()
 
-    app = FastAPI(title="FastVLM worker", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="FastVLM worker", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     app.state.service = service
+    app.state.registry = registry
+    app.state.in_flight = in_flight
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
-    app.add_middleware(TelemetryMiddleware, metrics=metrics, endpoints=frozenset(API_ENDPOINTS))
+    app.add_middleware(RequestLifecycle, in_flight=in_flight)
+    app.add_middleware(TelemetryMiddleware, metrics=metrics_, endpoints=frozenset(API_ENDPOINTS))
     token = settings.worker_token.get_secret_value()
     if token:  # spawned by a router: answer nobody else
         app.add_middleware(InternalTokenGuard, token=token)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response, 413s included, gets an id
     install_error_handlers(app)
-
-    @app.get("/healthz", summary="Liveness: the process answers (also while loading or busy).")
-    async def healthz() -> dict:
-        vlm = service.vlm
-        batcher = service.batcher
-        return {
-            "status": "ok",
-            "state": service.state.value,
-            "reason": service.state_reason,
-            "pid": os.getpid(),
-            "model": vlm.name if vlm else None,
-            "model_info": vlm.info.public() if vlm else None,
-            "device": str(vlm.device) if vlm else None,
-            "queue_depth": batcher.queue_depth if batcher else 0,
-            "batch_running": bool(batcher and batcher.stats.busy_since is not None),
-            "batches_run": batcher.stats.batches if batcher else 0,
-        }
-
-    @app.get("/metrics", response_class=PlainTextResponse,
-             summary="This worker's Prometheus metrics (the router's /metrics includes them).")
-    async def metrics_endpoint() -> Response:
-        return Response(render(registry), media_type=CONTENT_TYPE)
-
-    @app.get("/worker_health", summary="Heartbeat for the router: state, load, progress, memory.")
-    async def worker_health() -> dict:
-        return service.health()
-
-    @app.get("/readyz", summary="Readiness: 200 once the model loaded and a warm-up generation succeeded.",
-             responses=error_responses(503))
-    async def readyz(request: Request) -> JSONResponse:
-        if service.state is not WorkerState.READY:
-            return error_response(NotReady(f"The worker is not ready: {service.state_reason}.",
-                                           state=service.state.value), request_id_of(request))
-        vlm, _ = service.require_ready()
-        return JSONResponse({"status": "ready", "model": vlm.name, "device": str(vlm.device)})
-
-    @app.post("/predict_image", response_model=PredictImageResponse,
-              openapi_extra=json_body_openapi(PredictImageRequest),
-              responses=error_responses(400, 403, 404, 413, 415, 422, 503, 504),
-              summary="Caption an image or answer a prompt about it.")
-    async def predict_image(request: Request) -> Response:
-        service.require_ready()
-        result = await service.predict_image(await parse_json_body(request, PredictImageRequest))
-        return JSONResponse(result.model_dump(), headers={QUEUE_HEADER: str(result.timing.queue_ms)})
-
-    @app.post("/summarize_video", response_model=SummarizeVideoResponse,
-              openapi_extra=json_body_openapi(SummarizeVideoRequest),
-              responses=error_responses(400, 403, 404, 413, 415, 422, 503, 504),
-              summary="Describe a short video: scenes, keyframe captions, summary, safety flags, tags.")
-    async def summarize_video(request: Request) -> SummarizeVideoResponse:
-        service.require_ready()
-        return await service.summarize_video(await parse_json_body(request, SummarizeVideoRequest))
-
+    for path, handler, methods, options in ROUTES:
+        app.add_api_route(path, handler, methods=methods, summary=(handler.__doc__ or "").strip(), **options)
     return app

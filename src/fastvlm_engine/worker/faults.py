@@ -4,7 +4,8 @@ Lets the self-healing tests crash, hang or exhaust a real worker process on cue 
 relying on luck: ``exit_at_startup`` exits before the model loads, ``crash_after=N`` kills the
 process (SIGKILL) when the Nth request arrives, ``hang_after=N`` blocks the inference thread
 forever at the Nth batch while HTTP keeps answering, ``oom_after=N`` raises a CUDA
-out-of-memory error at the Nth batch (the warm-up batch does not count). ``@w1`` limits a
+out-of-memory error at the Nth batch (the warm-up batch does not count), ``long_log_line``
+prints one 200 KiB line at start-up (the router's log pump must survive it). ``@w1`` limits a
 fault to the worker with that id, ``:once`` to its first process (not its replacements).
 """
 
@@ -46,6 +47,8 @@ class FaultInjector:
         self._armed = True
 
     def at_startup(self) -> None:
+        if "long_log_line" in self.faults:
+            print("FAULT INJECTION: long line " + "x" * (200 * 1024), file=sys.stderr, flush=True)
         if "exit_at_startup" in self.faults:
             log.error("FAULT INJECTION: exiting at start-up")
             logging.shutdown()

@@ -1,4 +1,9 @@
-"""Running the worker app under uvicorn, on a port or on a socket the router already bound."""
+"""Running the worker app on a port or on a socket the router already bound.
+
+Served like the router (``web.server``): idle connections are kept longer than the router's pool
+keeps them, so the router always closes first; SIGTERM drains (new requests get 503
+``shutting_down``, in-flight ones finish) before the process exits.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ import signal
 import socket
 import threading
 
-import uvicorn
-
 from ..config import Settings
+from ..observability.metrics import API_ENDPOINTS
+from ..web import InFlight
+from ..web.server import WORKER_KEEP_ALIVE_S, serve
 from .app import create_app
 
 __all__ = ["EXIT_LOAD_FAILED", "run_worker"]
@@ -40,21 +46,25 @@ def run_worker(settings: Settings, *, host: str, port: int, fd: int | None = Non
     if parent_pid is not None:
         _watch_parent(parent_pid)
     failed: list[BaseException] = []
-    server: uvicorn.Server | None = None
 
     def on_load_failure(exc: BaseException) -> None:
         failed.append(exc)
-        if server is not None:
-            server.should_exit = True
+        os.kill(os.getpid(), signal.SIGTERM)  # nothing to serve: drain (nothing is in flight) and exit
 
-    app = create_app(settings, worker_id=worker_id, incarnation=incarnation, on_load_failure=on_load_failure)
-    options = dict(log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=30,
-                   server_header=False)
+    in_flight = InFlight(lambda path: path in API_ENDPOINTS)
+    app = create_app(settings, worker_id=worker_id, incarnation=incarnation, on_load_failure=on_load_failure,
+                     in_flight=in_flight)
     sockets = None
     if fd is not None:  # bound by the router, so the port is known before we start: no race
         sock = socket.socket(fileno=fd)
         log.info("worker listening on inherited socket %s:%s", *sock.getsockname()[:2])
         sockets = [sock]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))
-    server.run(sockets=sockets)
+
+    def on_drain() -> None:
+        log.info("signal received: finishing %d request(s) in flight", len(in_flight))
+        app.state.service.begin_stopping()
+
+    serve(app, host=host, port=port, sockets=sockets, in_flight=in_flight, grace_s=settings.shutdown_grace_s,
+          on_drain=on_drain, max_connections=settings.http_max_connections,
+          header_timeout_s=settings.http_header_timeout_s, keep_alive_s=WORKER_KEEP_ALIVE_S)
     return EXIT_LOAD_FAILED if failed else 0

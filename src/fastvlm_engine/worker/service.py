@@ -22,15 +22,14 @@ from PIL import Image
 from ..config import Settings
 from ..engine.batcher import Batcher, BatchResult
 from ..errors import InvalidRequest, NotReady
-from ..media import DecodedImage, decode_base64, decode_image, open_media, read_media
+from ..intake.submission import MediaRequest
+from ..media import DecodedImage, decode_image, open_media, read_media
 from ..observability import tracing
 from ..observability.metrics import WorkerMetrics
 from ..schemas import (
     ImageInfo,
     ImageTiming,
-    PredictImageRequest,
     PredictImageResponse,
-    SummarizeVideoRequest,
     SummarizeVideoResponse,
     Usage,
 )
@@ -138,6 +137,11 @@ class WorkerService:
         self.state, self.state_reason = state, reason
         log.info("worker state %s: %s", state.value, reason)
 
+    def begin_stopping(self) -> None:
+        """Take no new requests (they get 503 shutting_down); in-flight ones finish."""
+        if self.state is not WorkerState.FAILED:
+            self._set_state(WorkerState.STOPPING, "shutting down")
+
     def stop(self) -> None:
         self._set_state(WorkerState.STOPPING, "shutting down")
         if self.batcher is not None:
@@ -185,6 +189,10 @@ class WorkerService:
 
     def _prompt(self, vlm: FastVLM, prompt: str | None) -> str:
         text = self.settings.default_prompt if prompt is None else prompt
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # HTTP input is checked by the schema; this guards the CLI's argv
+            raise InvalidRequest("prompt: contains a lone surrogate (invalid Unicode).", field="prompt") from None
         if len(text) > self.settings.max_prompt_chars:
             raise InvalidRequest(f"prompt: at most {self.settings.max_prompt_chars} characters.",
                                  field="prompt")
@@ -194,31 +202,30 @@ class WorkerService:
                                  field="prompt")
         return cleaned
 
-    def _read_image(self, request: PredictImageRequest) -> bytes:
-        limit = self.settings.max_image_bytes
-        if request.image_base64 is not None:
-            return decode_base64(request.image_base64, field="image_base64", max_bytes=limit)
-        return read_media(request.image_path or "", self.settings.media_roots, limit)
+    def _read_image(self, media: MediaRequest) -> bytes:
+        if media.upload is not None:
+            return media.upload.read_bytes()  # its size was limited while it was received
+        return read_media(media.path or "", self.settings.media_roots, self.settings.max_image_bytes)
 
     def _decode_and_prepare(self, vlm: FastVLM, data: bytes, prompt: str, max_new_tokens: int) -> _Prepared:
         image = decode_image(data, max_bytes=self.settings.max_image_bytes,
                              max_pixels=self.settings.max_image_pixels)
         return _Prepared(image=image, item=vlm.prepare(image.image, prompt, max_new_tokens), prompt=prompt)
 
-    async def predict_image(self, request: PredictImageRequest) -> PredictImageResponse:
-        """Answer one /predict_image request (media from a path under the roots or base64)."""
+    async def predict_image(self, media: MediaRequest) -> PredictImageResponse:
+        """Answer one /predict_image request (a path under the media roots, or an upload)."""
         started = time.monotonic()
         vlm, _ = self.require_ready()
         self.faults.on_request()
         self.in_flight += 1
         try:
-            budget = self._token_budget(request.max_new_tokens)
-            prompt = self._prompt(vlm, request.prompt)
+            options = media.options
+            budget = self._token_budget(options.max_new_tokens)
+            prompt = self._prompt(vlm, options.prompt)
 
             def load() -> _Prepared:
-                source = "path" if request.image_path else "base64"
-                with tracing.span("media.decode", **{"fastvlm.source": source}):
-                    return self._decode_and_prepare(vlm, self._read_image(request), prompt, budget)
+                with tracing.span("media.decode", **{"fastvlm.source": media.source}):
+                    return self._decode_and_prepare(vlm, self._read_image(media), prompt, budget)
 
             prepared = await asyncio.to_thread(load)
             return await self._run(prepared, started)
@@ -235,27 +242,24 @@ class WorkerService:
         prepared = await asyncio.to_thread(self._decode_and_prepare, vlm, data, text, budget)
         return await self._run(prepared, started)
 
-    async def summarize_video(self, request: SummarizeVideoRequest) -> SummarizeVideoResponse:
-        """Answer one /summarize_video request (a path under the roots or base64)."""
+    async def summarize_video(self, media: MediaRequest) -> SummarizeVideoResponse:
+        """Answer one /summarize_video request (a path under the media roots, or an upload)."""
         from ..video import summarize_video
 
         vlm, batcher = self.require_ready()
         self.faults.on_request()
-        limit = self.settings.video_max_bytes
         captioner = EngineCaptioner(vlm, batcher, self._observe_queue)
         self.in_flight += 1
         try:
-            if request.video_base64 is not None:
-                data = await asyncio.to_thread(decode_base64, request.video_base64, field="video_base64",
-                                               max_bytes=limit)
-                result = await summarize_video(data, self.settings, captioner, model_name=vlm.name)
+            if media.upload is not None:
+                handle = await asyncio.to_thread(media.upload.open)
             else:
-                handle = await asyncio.to_thread(open_media, request.video_path or "", self.settings.media_roots,
-                                                 limit)
-                try:
-                    result = await summarize_video(handle, self.settings, captioner, model_name=vlm.name)
-                finally:
-                    handle.close()
+                handle = await asyncio.to_thread(open_media, media.path or "", self.settings.media_roots,
+                                                 self.settings.video_max_bytes)
+            try:
+                result = await summarize_video(handle, self.settings, captioner, model_name=vlm.name)
+            finally:
+                handle.close()
         finally:
             self.in_flight -= 1
         if self.metrics is not None:

@@ -1,0 +1,97 @@
+"""``/predict_image`` and ``/summarize_video`` on the router: the body first, then a slot.
+
+A request is read completely (within the body deadlines) and validated before it takes a worker
+slot, so a slow upload never holds capacity; when nothing is free at arrival the request is shed
+at once without reading its body at all. Shedding answers 503 ``workers_busy`` with a
+``retry_after_sec`` measured from load, where "one client" is its API key or address — never
+something it picks per request.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import EngineError, NoReadyWorkers, ShuttingDown, WorkersBusy
+from ..headers import WORKER_HEADER
+from ..intake.request import body_rules, intake_limits, read_media_request
+from ..intake.submission import MediaKind
+from ..observability import tracing
+from .admission import IMAGE, VIDEO
+from .forward import NothingFree, forward
+from .retry_after import parse_attempt
+from .state import RouterState
+from .upstream import end_to_end_headers
+from .workers import WorkerState
+
+__all__ = ["client_identity", "predict_image", "shed_error", "summarize_video"]
+
+DRAIN_RETRY_AFTER_S = 1.0
+"""What a request arriving during a drain is told: another router (or this one restarted) will take it."""
+_ENDPOINTS: dict[MediaKind, str] = {"image": IMAGE, "video": VIDEO}
+
+
+def client_identity(request: Request) -> str:
+    """Who is waiting, for the retry-after estimate: the API key, else the client's address."""
+    state = request.scope.get("state", {})
+    if state.get("api_key_id"):
+        return "key:" + state["api_key_id"]
+    address = state.get("client_ip") or (request.client.host if request.client else "unknown")
+    return "ip:" + address
+
+
+def shed_error(state: RouterState, request: Request, endpoint: str) -> EngineError:
+    """The 503 for a request no worker can take now, with a measured retry hint."""
+    attempt = parse_attempt(request.headers.get("x-retry-attempt"))
+    pool, estimator = state.pool, state.retry_after
+    ready = pool.ready()
+    estimator.rejected(endpoint, client_identity(request))
+    state.metrics.busy_rejections.labels(endpoint).inc()
+    wait = estimator.estimate(endpoint, in_flight=sum(w.in_flight for w in ready),
+                              capacity=state.admission.capacity(ready, endpoint), attempt=attempt)
+    if not ready:
+        starting = sum(w.state in (WorkerState.STARTING, WorkerState.RESTARTING) for w in pool.workers)
+        reason = f"{starting} worker(s) starting" if starting else "no worker is running"
+        return NoReadyWorkers(f"No worker is ready ({reason}).", retry_after_sec=wait)
+    return WorkersBusy(retry_after_sec=wait)
+
+
+async def _media_endpoint(request: Request, kind: MediaKind) -> Response:
+    state: RouterState = request.app.state.router
+    endpoint = _ENDPOINTS[kind]
+    if state.draining:
+        raise ShuttingDown(retry_after_sec=DRAIN_RETRY_AFTER_S)
+    with tracing.span("admission") as span:
+        free = any(state.admission.has_room(w, endpoint) for w in state.pool.workers)
+        span.set_attribute("fastvlm.admitted", free)
+        if not free:  # shed before reading a byte of the body
+            raise shed_error(state, request, endpoint)
+    settings = state.settings
+    with await read_media_request(request, kind, intake_limits(settings, kind), body_rules(settings)) as media:
+        lease = state.admission.acquire(state.pool.workers, endpoint)
+        if lease is None:
+            raise shed_error(state, request, endpoint)
+        succeeded = False
+        try:
+            try:
+                upstream, lease = await forward(state, request, lease, media)
+            except NothingFree:
+                raise shed_error(state, request, endpoint) from None
+            succeeded = upstream.status == 200
+            headers = end_to_end_headers(upstream.headers)
+            headers[WORKER_HEADER] = lease.worker.id
+            return Response(upstream.body, status_code=upstream.status, headers=headers)
+        finally:
+            elapsed = lease.release(succeeded=succeeded)
+            if succeeded:
+                state.retry_after.observe(endpoint, elapsed)
+
+
+async def predict_image(request: Request) -> Response:
+    """Caption an image or answer a prompt about it."""
+    return await _media_endpoint(request, "image")
+
+
+async def summarize_video(request: Request) -> Response:
+    """Describe a short video: scenes, keyframe captions, summary, safety flags, tags."""
+    return await _media_endpoint(request, "video")
