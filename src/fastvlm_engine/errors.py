@@ -13,7 +13,8 @@ clients branch on them.
     │   ├── PayloadTooLarge          413 payload_too_large
     │   ├── Unauthorized             401 unauthorized
     │   ├── ForbiddenIP              403 forbidden_ip
-    │   └── RateLimited              429 rate_limited
+    │   ├── RateLimited              429 rate_limited
+    │   └── JobNotFound              404 job_not_found
     ├── MediaError
     │   ├── PathNotAllowed           403 path_not_allowed
     │   ├── MediaNotFound            404 media_not_found
@@ -28,9 +29,12 @@ clients branch on them.
     │   ├── QueueFull                503 queue_full
     │   ├── WorkersBusy              503 workers_busy
     │   ├── NoReadyWorkers           503 no_ready_workers
-    │   └── ShuttingDown             503 shutting_down
+    │   ├── ShuttingDown             503 shutting_down
+    │   ├── QueueUnavailable         503 queue_unavailable (retryable)
+    │   └── JobExpired               503 job_expired (a job's error object; retryable)
     ├── InferenceTimeout             504 inference_timeout
     ├── WorkerFailed                 502 worker_failed
+    │   └── JobAttemptsExhausted     502 job_attempts_exhausted (a job's error object)
     ├── WorkerTimeout                504 worker_timeout
     └── InferenceFailed              500 inference_failed
 """
@@ -52,6 +56,9 @@ __all__ = [
     "InvalidJSON",
     "InvalidRequest",
     "InvalidVideo",
+    "JobAttemptsExhausted",
+    "JobExpired",
+    "JobNotFound",
     "MediaError",
     "MediaNotFound",
     "MediaTooLarge",
@@ -61,6 +68,7 @@ __all__ = [
     "PathNotAllowed",
     "PayloadTooLarge",
     "QueueFull",
+    "QueueUnavailable",
     "RateLimited",
     "RequestError",
     "RouteNotFound",
@@ -187,6 +195,15 @@ class RateLimited(RequestError):
     default_message = "Too many requests for this API key; slow down."
 
 
+class JobNotFound(RequestError):
+    """Unknown, malformed, purged, or another API key's job: all look the same to the caller."""
+
+    code = "job_not_found"
+    http_status = 404
+    default_message = "No job has that id; finished jobs are removed after their TTL."
+    retryable = False
+
+
 class WorkerNotFound(RequestError):
     code = "worker_not_found"
     http_status = 404
@@ -290,6 +307,22 @@ class ShuttingDown(CapacityError):
     default_message = "The service is shutting down and takes no new requests."
 
 
+class QueueUnavailable(CapacityError):
+    """The job store cannot be reached or written; the message names its kind and host, never a password."""
+
+    code = "queue_unavailable"
+    default_message = "The job queue is unavailable."
+    retryable = True
+
+
+class JobExpired(CapacityError):
+    """Reported in a job's ``error``: the queue did not drain in time, so the job never ran."""
+
+    code = "job_expired"
+    default_message = "The job waited in the queue longer than the limit and was not run."
+    retryable = True
+
+
 class InferenceTimeout(EngineError):
     code = "inference_timeout"
     http_status = 504
@@ -300,6 +333,14 @@ class WorkerFailed(EngineError):
     code = "worker_failed"
     http_status = 502
     default_message = "The worker handling the request failed."
+
+
+class JobAttemptsExhausted(WorkerFailed):
+    """Reported in a job's ``error``: every lease of the job ended with its worker gone or hung."""
+
+    code = "job_attempts_exhausted"
+    default_message = "The job's worker stopped before finishing on every attempt."
+    retryable = False
 
 
 class WorkerTimeout(EngineError):
