@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test bench clean prometheus
+.PHONY: serve test bench clean prometheus redis
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,14 @@ prometheus:
 	    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else echo "install Prometheus (Debian: sudo apt-get install prometheus) for the observability tests"; exit 1; fi; }
 
-test: $(VENV)/.installed-test prometheus
+# The job store tests run against a real Redis server (Debian's package), started by the tests.
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+	  else echo "install Redis (Debian: sudo apt-get install redis-server) for the job store tests"; exit 1; fi; }
+
+test: $(VENV)/.installed-test prometheus redis
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-test

@@ -236,6 +236,39 @@ class Settings(BaseSettings):
     video_fast_analysis_decode: bool = Field(False, description="Skip the deblocking filter while decoding "
                                              "(faster, slightly blockier frames).")
 
+    # --- job queue -------------------------------------------------------------------------------
+    mode: Literal["sync", "queue"] = Field("sync", description="sync: media endpoints answer with the result; "
+                                           "queue: they answer 202 with a job id and workers pull the jobs.")
+    queue_url: str = Field("", description="Job store: empty = SQLite at <state_dir>/jobs.db; "
+                           "sqlite:///<path> (four slashes for an absolute path); redis://[user:pass@]host:port/db.")
+    state_dir: Path | None = Field(None, description="Folder for the SQLite job store and its uploads; "
+                                   "default $XDG_STATE_HOME/fastvlm-engine or ~/.local/state/fastvlm-engine.")
+    job_ttl_s: float = Field(3600.0, gt=0, description="Finished jobs and their stored media are removed this "
+                             "many seconds after they finish (then /job/<id> answers job_not_found).")
+    job_max_queued_s: float = Field(600.0, gt=0, description="A job still queued this many seconds after it "
+                                    "entered the queue ends as expired.")
+    queue_max_jobs: int = Field(1000, ge=1, description="Most queued jobs; more submissions get queue_full.")
+    job_max_attempts: int = Field(3, ge=1, description="Leases a job may get; when a worker dies or hangs on "
+                                  "the last one, the job fails with job_attempts_exhausted.")
+    job_lease_s: float = Field(30.0, gt=0, description="A worker's lease on a job; it extends the lease while "
+                               "it works, and a lease that runs out delivers the job again.")
+    job_video_aging_s: float = Field(5.0, ge=0, description="A video queued this long is taken before images, "
+                                     "so videos never starve under sustained image load.")
+    job_max_media_mib: int = Field(64, ge=1, description="Largest upload a job may carry with the Redis store "
+                                   "(kept in Redis memory until the job finishes); larger ones get media_too_large.")
+    queue_timeout_s: float = Field(5.0, gt=0, description="Longest wait for the job store (Redis connect or "
+                                   "command, SQLite lock) before answering queue_unavailable.")
+    queue_key_prefix: str = Field("fastvlm:", min_length=1, description="Prefix of every Redis key of the job "
+                                  "store, so several deployments can share one Redis database.")
+
+    @field_validator("queue_url")
+    @classmethod
+    def _check_queue_url(cls, value: str) -> str:
+        from .jobs.url import parse_queue_url
+
+        parse_queue_url(value)
+        return value.strip()
+
     # --- testing -------------------------------------------------------------------------------
     fault_injection: str = Field("", description="FOR TESTS ONLY, off when empty: faults a worker "
                                  "injects into itself, e.g. 'exit_at_startup@w1', 'crash_after=5', "

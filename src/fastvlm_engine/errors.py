@@ -20,7 +20,8 @@ rules from ``retryable`` and ``may_have_run`` here rather than keeping lists of 
     │   ├── ForbiddenIP              403 forbidden_ip
     │   ├── RateLimited              429 rate_limited
     │   ├── WorkerNotFound           404 worker_not_found
-    │   └── WorkerNotQuarantined     409 worker_not_quarantined
+    │   ├── WorkerNotQuarantined     409 worker_not_quarantined
+    │   └── JobNotFound              404 job_not_found
     ├── MediaError
     │   ├── PathNotAllowed           403 path_not_allowed
     │   ├── MediaNotFound            404 media_not_found
@@ -36,9 +37,12 @@ rules from ``retryable`` and ``may_have_run`` here rather than keeping lists of 
     │   ├── WorkersBusy              503 workers_busy
     │   ├── NoReadyWorkers           503 no_ready_workers
     │   ├── ShuttingDown             503 shutting_down
-    │   └── TooManyConnections       503 too_many_connections
+    │   ├── TooManyConnections       503 too_many_connections
+    │   ├── QueueUnavailable         503 queue_unavailable
+    │   └── JobExpired               503 job_expired (a job's error object)
     ├── InferenceTimeout             504 inference_timeout
     ├── WorkerFailed                 502 worker_failed
+    │   └── JobAttemptsExhausted     502 job_attempts_exhausted (a job's error object)
     ├── WorkerTimeout                504 worker_timeout
     └── InferenceFailed              500 inference_failed
 
@@ -68,6 +72,9 @@ __all__ = [
     "InvalidJSON",
     "InvalidRequest",
     "InvalidVideo",
+    "JobAttemptsExhausted",
+    "JobExpired",
+    "JobNotFound",
     "MediaError",
     "MediaNotFound",
     "MediaTooLarge",
@@ -77,6 +84,7 @@ __all__ = [
     "PathNotAllowed",
     "PayloadTooLarge",
     "QueueFull",
+    "QueueUnavailable",
     "RateLimited",
     "RequestError",
     "RequestTimeout",
@@ -247,6 +255,15 @@ class RateLimited(RequestError):
     retryable = True
 
 
+class JobNotFound(RequestError):
+    """Unknown, malformed, purged, or another API key's job: all look the same to the caller."""
+
+    code = "job_not_found"
+    http_status = 404
+    default_message = "No job has that id; finished jobs are removed after their TTL."
+    retryable = False
+
+
 class WorkerNotFound(RequestError):
     code = "worker_not_found"
     http_status = 404
@@ -358,6 +375,22 @@ class TooManyConnections(CapacityError):
     response_headers = {"Connection": "close"}
 
 
+class QueueUnavailable(CapacityError):
+    """The job store cannot be reached or written; the message names its kind and host, never a password."""
+
+    code = "queue_unavailable"
+    default_message = "The job queue is unavailable."
+    retryable = True
+
+
+class JobExpired(CapacityError):
+    """Reported in a job's ``error``: the queue did not drain in time, so the job never ran."""
+
+    code = "job_expired"
+    default_message = "The job waited in the queue longer than the limit and was not run."
+    retryable = True
+
+
 class InferenceTimeout(EngineError):
     code = "inference_timeout"
     http_status = 504
@@ -371,6 +404,14 @@ class WorkerFailed(EngineError):
     retryable = True
     may_have_run = True
     default_message = "The worker handling the request failed."
+
+
+class JobAttemptsExhausted(WorkerFailed):
+    """Reported in a job's ``error``: every lease of the job ended with its worker gone or hung."""
+
+    code = "job_attempts_exhausted"
+    default_message = "The job's worker stopped before finishing on every attempt."
+    retryable = False
 
 
 class WorkerTimeout(EngineError):
