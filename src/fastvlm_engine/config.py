@@ -143,9 +143,16 @@ class Settings(BaseSettings):
                                "e.g. '24GiB,24GiB' or '2x80GiB'. Workers still run on the CPU.")
     simulate_gpu_worker_mib: int = Field(6144, ge=1, description="SIMULATION: GPU memory each worker "
                                          "occupies on a simulated GPU.")
-    max_concurrent: int = Field(2, ge=1, description="Requests one worker holds at once (its slots).")
+    max_concurrent: int = Field(64, ge=1, description="Most requests one worker holds at once; its slots are "
+                                "what its engine can hold (KV capacity), up to this.")
     max_video_concurrent: int = Field(1, ge=1, description="Slots of a worker that videos may take at "
                                       "once, so images do not starve behind videos.")
+    admission_queue_size: int = Field(0, ge=0, description="Requests the router holds while every slot is "
+                                      "taken (FIFO per endpoint), handing each to the next free slot; 0 = twice the "
+                                      "ready workers' slots.")
+    admission_queue_wait_ms: float = Field(5000.0, ge=0, description="Longest a request waits in the admission "
+                                           "queue (and the longest expected wait it may join with) before it is "
+                                           "shed with 503 workers_busy; 0 = shed at once when every slot is taken.")
     retry_after_image_min_s: float = Field(1.0, gt=0, description="Lower bound of retry_after_sec for images.")
     retry_after_image_max_s: float = Field(30.0, gt=0, description="Upper bound of retry_after_sec for images.")
     retry_after_video_min_s: float = Field(5.0, gt=0, description="Lower bound of retry_after_sec for videos.")
@@ -374,7 +381,7 @@ def _user_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fastvlm-engine"
 
 
-FAULT_KINDS = ("exit_at_startup", "crash_after", "hang_after", "oom_after", "long_log_line")
+FAULT_KINDS = ("exit_at_startup", "crash_after", "hang_after", "oom_after", "long_log_line", "slow_steps")
 _FAULT_RE = re.compile(r"^(?P<kind>[a-z_]+)(?:=(?P<count>\d+))?(?:@(?P<worker>[\w.-]+))?(?P<once>:once)?$")
 
 

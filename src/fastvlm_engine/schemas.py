@@ -62,6 +62,19 @@ class ImageOptions(_Strict):
 
     prompt: Text | None = Field(None, description="Question or instruction; default 'Describe the image.'")
     max_new_tokens: int | None = Field(None, ge=1, description="Generation length, up to the server's limit.")
+    stream: bool = Field(False, description="Answer text/event-stream: 'delta' events with text as it is "
+                         "generated, then one 'done' event with the full response document.")
+    temperature: float | None = Field(None, ge=0, le=100, description="0 or absent: greedy (deterministic); "
+                                      "higher: more random sampling.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens "
+                                "whose probabilities add up to top_p.")
+    top_k: int | None = Field(None, ge=0, description="Sample among the k most likely tokens (0: all).")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed: the same seed, input and "
+                             "settings give the same output, also when batched with other requests.")
+    stop: list[Text] | Text | None = Field(None, description="Up to 8 strings; generation ends before the "
+                                           "first one (finish_reason 'stop').")
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="Above 1 discourages repeating "
+                                             "tokens already in the prompt or output.")
 
 
 class PredictImageRequest(ImageOptions):
@@ -86,8 +99,9 @@ class ImageInfo(BaseModel):
 
 class ImageTiming(BaseModel):
     decode_ms: float = Field(description="Reading, validating and preprocessing the image.")
-    queue_ms: float = Field(description="Waiting for a batch slot on the model.")
-    inference_ms: float = Field(description="The batched generate call this request ran in.")
+    queue_ms: float = Field(description="From submission to the model until the request's first step.")
+    ttft_ms: float = Field(description="From submission to the model until the first generated token.")
+    inference_ms: float = Field(description="From the request's first model step to its last.")
     total_ms: float = Field(description="Whole request inside the worker.")
 
 
@@ -103,7 +117,8 @@ class PredictImageResponse(BaseModel):
     image: ImageInfo
     finish_reason: Literal["stop", "length"]
     usage: Usage
-    batch_size: int = Field(description="How many requests shared the generate call.")
+    batch_size: float = Field(description="Mean number of requests the model worked on together during the "
+                              "steps this request ran in (continuous batching: fractional).")
     timing: ImageTiming
 
 

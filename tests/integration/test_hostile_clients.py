@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers.procs import http, start_router, wait_until, wait_workers_ready
+from tests.helpers.procs import http, start_router, start_worker, wait_ready, wait_until, wait_workers_ready
 from tests.helpers.sockets import closed_by_server, open_sockets, read_response, request_bytes
 
 pytestmark = pytest.mark.integration
@@ -20,8 +20,10 @@ SLOW = dict(request_body_idle_s=1.0, request_body_min_rate_kib_s=1, http_header_
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory, tiny_model_dir, media_root):
+    # One sequence at a time in the engine, so a second request waits in the worker's queue.
     proc = start_router(tmp_path_factory.mktemp("hostile"), tiny_model_dir, media_roots=media_root, max_workers=1,
-                        max_concurrent=2, max_batch_size=1, max_new_tokens_limit=3000, **SLOW)
+                        max_concurrent=2, engine_max_sequences=1, max_new_tokens_limit=3000,
+                        admission_queue_wait_ms=0, fault_injection="slow_steps=20", **SLOW)
     try:
         wait_workers_ready(proc, 1)
         yield proc
@@ -108,37 +110,77 @@ def test_an_upload_cut_off_by_its_client_is_counted_as_client_closed_not_as_a_50
     assert '"level": "ERROR"' not in router.log()
 
 
-def _batches(router) -> float:
-    """Inference batches the worker has run, scraped live through the router."""
+def _engine(router, outcome: str) -> float:
+    """Requests the worker's engine finished with ``outcome``, scraped live through the router."""
     text = http("GET", router.base_url + "/metrics")[2]
-    match = re.search(r'^fastvlm_inference_seconds_count\{worker="w0"\} (\S+)$', text, re.M)
+    match = re.search(rf'^fastvlm_engine_requests_total\{{outcome="{outcome}",worker="w0"\}} (\S+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
 
 
-def test_a_queued_image_whose_client_left_never_runs(router):
-    """With the one inference lane busy on a long generation, a second request waits in the
-    worker's queue; when its client disconnects it must be withdrawn, not run for nobody."""
-    before = _batches(router)
-    long_call = threading.Thread(target=http, args=("POST", router.base_url + "/predict_image",
+@pytest.fixture(scope="module")
+def one_lane_worker(tmp_path_factory, tiny_model_dir, media_root):
+    """A worker whose engine runs one sequence at a time, each model step slowed to 20 ms."""
+    proc = start_worker(tmp_path_factory.mktemp("one-lane"), tiny_model_dir, media_roots=media_root,
+                        engine_max_sequences=1, fault_injection="slow_steps=20")
+    try:
+        wait_ready(proc)
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _worker_engine(worker, outcome: str) -> float:
+    text = http("GET", worker.base_url + "/metrics")[2]
+    match = re.search(rf'^fastvlm_engine_requests_total\{{outcome="{outcome}"\}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_queued_image_whose_client_left_never_runs(one_lane_worker):
+    """With the one sequence lane busy on a long generation, a second request waits in the
+    engine's queue; when its client disconnects it must be withdrawn, not run for nobody."""
+    worker = one_lane_worker
+    completed, cancelled = _worker_engine(worker, "completed"), _worker_engine(worker, "cancelled")
+
+    def waiting() -> int:
+        return http("GET", worker.base_url + "/healthz")[2]["queue_depth"]
+
+    long_call = threading.Thread(target=http, args=("POST", worker.base_url + "/predict_image",
                                                     {"image_path": "coffee.jpg", "max_new_tokens": 400}),
                                  kwargs={"timeout": 300})
     long_call.start()
     try:
-        wait_until(lambda: _health(router)["workers"][0]["in_flight"] == 1, 30, "the long request to start")
-        with open_sockets(router.base_url, 1) as (sock,):
+        wait_until(lambda: http("GET", worker.base_url + "/healthz")[2]["active_sequences"] == 1, 30,
+                   "the long request to run")
+        with open_sockets(worker.base_url, 1) as (sock,):
             sock.sendall(request_bytes("POST", "/predict_image",
                                        json.dumps({"image_path": "chelsea.jpg", "max_new_tokens": 400}).encode(),
                                        {"Content-Type": "application/json"}))
-            wait_until(lambda: _health(router)["workers"][0]["in_flight"] == 2, 30, "the second to be queued")
-        wait_until(lambda: _health(router)["workers"][0]["in_flight"] == 1, 30, "the router to drop it")
+            wait_until(lambda: waiting() == 1, 30, "the second to wait in the engine's queue")
+        wait_until(lambda: waiting() == 0, 30, "the abandoned request to be withdrawn")
     finally:
         long_call.join(300)
-    # A third request queues behind anything still queued (one lane, first in first out), so once
-    # it is answered, the abandoned one has either run or been withdrawn.
-    status, _, body = http("POST", router.base_url + "/predict_image", {"image_path": "rocket.jpg",
+    status, _, body = http("POST", worker.base_url + "/predict_image", {"image_path": "rocket.jpg",
                                                                         "max_new_tokens": 2})
     assert status == 200, body
-    assert _batches(router) - before == 2  # the long one and the third: the abandoned one never ran
+    assert _worker_engine(worker, "completed") - completed == 2  # the long one and the last one
+    assert _worker_engine(worker, "cancelled") - cancelled == 1  # the abandoned one never ran
+
+
+def test_a_stream_whose_client_leaves_frees_its_sequence_in_the_worker(router):
+    """Streaming through the router: the client reads the first tokens, then goes away. The
+    router closes its worker connection and the engine drops the running sequence."""
+    cancelled = _engine(router, "cancelled")
+    with open_sockets(router.base_url, 1) as (sock,):
+        sock.sendall(request_bytes("POST", "/predict_image",
+                                   json.dumps({"image_path": "coffee.jpg", "max_new_tokens": 400,
+                                               "stream": True}).encode(), {"Content-Type": "application/json"}))
+        sock.settimeout(30)
+        received = b""
+        while b"event: delta" not in received:
+            received += sock.recv(65536)
+        assert b"text/event-stream" in received
+    wait_until(lambda: _engine(router, "cancelled") > cancelled, 30, "the worker to cancel the stream")
+    wait_until(lambda: _health(router)["workers"][0]["in_flight"] == 0, 30, "the router to free the slot")
 
 
 def test_an_abandoned_video_stops_in_the_worker(router, long_clip):
@@ -153,7 +195,8 @@ def test_an_abandoned_video_stops_in_the_worker(router, long_clip):
 
 def test_one_client_with_fresh_request_ids_cannot_inflate_everyone_s_retry_hint(tmp_path, tiny_model_dir,
                                                                               media_root, long_clip):
-    proc = start_router(tmp_path, tiny_model_dir, media_roots=media_root, max_workers=1, max_concurrent=1)
+    proc = start_router(tmp_path, tiny_model_dir, media_roots=media_root, max_workers=1, max_concurrent=1,
+                        admission_queue_wait_ms=0)
     holder = None
     try:
         wait_workers_ready(proc, 1)

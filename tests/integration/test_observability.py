@@ -24,7 +24,8 @@ VIDEO_STAGES = {"stats", "scene_detection", "frame_extraction", "dedupe", "capti
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory, tiny_model_dir, media_root):
-    proc = start_router(tmp_path_factory.mktemp("obs"), tiny_model_dir, media_roots=media_root, max_workers=2)
+    proc = start_router(tmp_path_factory.mktemp("obs"), tiny_model_dir, media_roots=media_root, max_workers=2,
+                        max_concurrent=2, admission_queue_wait_ms=0)  # shed at once, so rejections are countable
     try:
         wait_workers_ready(proc, 2)
         yield proc
@@ -175,7 +176,7 @@ def test_one_request_is_one_trace_across_client_router_and_worker(tmp_path, tiny
             assert document["scenes_detected"] == 3
             expected_router = {"POST /summarize_video", "admission", "proxy"}
             expected_worker = {"POST /summarize_video", "video.analysis", "video.stats", "video.scene_detection",
-                               "video.frame_extraction", "video.dedupe", "video.captioning", "inference.batch",
+                               "video.frame_extraction", "video.dedupe", "video.captioning", "inference",
                                "video.summary", "video.tags", "video.safety.nsfw", "video.safety.lexicon"}
 
             def arrived() -> bool:

@@ -28,8 +28,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory, tiny_model_dir, media_root):
+    # No admission queue here: these tests are about shedding the moment every slot is taken.
     proc = start_router(tmp_path_factory.mktemp("router"), tiny_model_dir, media_roots=media_root,
-                        max_workers=2, max_concurrent=2, max_batch_wait_ms=20, max_new_tokens_limit=3000)
+                        max_workers=2, max_concurrent=2, max_new_tokens_limit=3000, admission_queue_wait_ms=0)
     try:
         proc.extra["health"] = wait_workers_ready(proc, 2)
         yield proc

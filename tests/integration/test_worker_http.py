@@ -61,7 +61,7 @@ def test_predict_image_by_path_and_by_base64_agree(worker, media_root):
     assert set(by_path) >= {"output", "prompt", "model", "image", "timing", "usage", "finish_reason"}
     assert by_path["prompt"] == "Describe the image."
     assert by_path["image"] == {"width": 512, "height": 512}
-    assert set(by_path["timing"]) == {"decode_ms", "queue_ms", "inference_ms", "total_ms"}
+    assert set(by_path["timing"]) == {"decode_ms", "queue_ms", "ttft_ms", "inference_ms", "total_ms"}
     assert by_path["usage"]["completion_tokens"] <= 8
     assert headers.get("x-request-id")
     data = base64.b64encode((media_root / "astronaut.jpg").read_bytes()).decode()
@@ -94,7 +94,7 @@ def test_concurrent_requests_share_batches_and_match_single_results(worker, medi
 
 
 def test_healthz_answers_while_a_batch_runs(worker):
-    """Health checks are served by the event loop while the inference thread is inside generate."""
+    """Health checks are served by the event loop while the inference thread runs model steps."""
     stop = threading.Event()
 
     def stream() -> None:
@@ -107,7 +107,7 @@ def test_healthz_answers_while_a_batch_runs(worker):
     seen = []
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(b.get("batch_running") for _, b in seen[-50:]):
+        while time.monotonic() < deadline and not any(b.get("active_sequences") for _, b in seen[-50:]):
             status, _, body = http("GET", worker.base_url + "/healthz", timeout=10)
             seen.append((status, body))
             time.sleep(0.01)
@@ -116,7 +116,7 @@ def test_healthz_answers_while_a_batch_runs(worker):
         for t in threads:
             t.join(120)
     assert all(status == 200 for status, _ in seen)
-    assert any(body["batch_running"] for _, body in seen), "never answered during a running batch"
+    assert any(body["active_sequences"] for _, body in seen), "never answered while sequences were running"
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [

@@ -33,13 +33,15 @@ def test_foreign_lines_become_json_and_json_passes_through():
 
 
 def test_worker_series_are_merged_with_a_worker_label():
+    from fastvlm_engine.engine.scheduler import StepInfo
+
     router = CollectorRegistry()
     HttpMetrics(router, "fastvlm_").observe("/predict_image", "ok", 0.2)
     texts = {}
     for worker_id, size in (("w0", 3), ("w1", 5)):
         registry = CollectorRegistry()
         metrics = WorkerMetrics(registry)
-        metrics.batch(size, 0.1)
+        metrics.step(StepInfo(kind="decode", sequences=size, seconds=0.1))
         metrics.video({"captioning_sec": 0.5, "total_sec": 1.0})
         texts[worker_id] = render(registry).decode()
     texts["w2"] = "this is not prometheus text {"

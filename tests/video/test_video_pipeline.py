@@ -1,6 +1,6 @@
 """summarize_video end to end on the real tiny model, observed through a recording wrapper.
 
-``Recording`` wraps the real engine captioner (tiny FastVLM behind the production batcher) and
+``Recording`` wraps the real engine captioner (tiny FastVLM behind the production scheduler) and
 only records the calls; ``summary_override`` / ``drop_one`` inject a misbehaving model to test
 the fallbacks. Caption *text* from the random model is meaningless, so text-dependent logic
 (lexicon flags, extractive selection) is tested on its pure functions elsewhere.
@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from fastvlm_engine.config import Settings
-from fastvlm_engine.engine.batcher import Batcher
+from fastvlm_engine.engine.scheduler import Scheduler
 from fastvlm_engine.errors import InferenceFailed, InvalidVideo
 from fastvlm_engine.schemas import SummarizeVideoResponse
 from fastvlm_engine.video.pipeline import frame_prompt, summarize_video
@@ -24,11 +24,11 @@ from fastvlm_engine.worker.service import EngineCaptioner
 
 @pytest.fixture(scope="module")
 def engine(vlm):
-    batcher = Batcher(vlm.generate, max_batch_size=8, max_batch_wait_s=0.005).start()
+    scheduler = Scheduler.from_settings(vlm, Settings()).start()
     try:
-        yield EngineCaptioner(vlm, batcher)
+        yield EngineCaptioner(vlm, scheduler)
     finally:
-        batcher.stop()
+        scheduler.stop()
 
 
 class Recording:

@@ -22,6 +22,7 @@ __all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "HttpMetrics", "PoolCollector", "
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 API_ENDPOINTS = ("/predict_image", "/summarize_video")
 
 
@@ -47,19 +48,33 @@ class WorkerMetrics(HttpMetrics):
 
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__(registry, "fastvlm_worker_")
-        self.batch_size = Histogram("fastvlm_batch_size", "Requests (or video frames) per generate call.",
+        self.registry = registry
+        self.batch_size = Histogram("fastvlm_batch_size", "Sequences in one model step (prefill or decode).",
                                     buckets=BATCH_BUCKETS, registry=registry)
-        self.inference = Histogram("fastvlm_inference_seconds", "Duration of one batched generate call.",
-                                   buckets=DURATION_BUCKETS, registry=registry)
-        self.queue_wait = Histogram("fastvlm_queue_wait_seconds", "Time an item waited for the model.",
+        self.inference = Histogram("fastvlm_inference_seconds", "Duration of one model step.", ["kind"],
+                                   buckets=STEP_BUCKETS, registry=registry)
+        self.queue_wait = Histogram("fastvlm_queue_wait_seconds", "Time a request waited for its first step.",
                                     buckets=DURATION_BUCKETS, registry=registry)
+        self.ttft = Histogram("fastvlm_time_to_first_token_seconds", "Time from submission to the first token.",
+                              buckets=DURATION_BUCKETS, registry=registry)
+        self.tokens = Counter("fastvlm_generated_tokens_total", "Tokens generated.", registry=registry)
         self.video_stage = Histogram("fastvlm_video_stage_seconds", "Time per /summarize_video stage.",
                                      ["stage"], buckets=DURATION_BUCKETS, registry=registry)
 
-    def batch(self, size: int, seconds: float) -> None:
-        """A batch observer for the batcher."""
-        self.batch_size.observe(size)
-        self.inference.observe(seconds)
+    def step(self, info: Any) -> None:
+        """A step observer for the scheduler (``StepInfo``: kind, sequences, seconds)."""
+        self.batch_size.observe(info.sequences)
+        self.inference.labels(info.kind).observe(info.seconds)
+
+    def request(self, result: Any) -> None:
+        """One finished generation (``GenerationResult``)."""
+        self.queue_wait.observe(result.queue_s)
+        self.ttft.observe(result.ttft_s)
+        self.tokens.inc(result.completion_tokens)
+
+    def watch_engine(self, stats: Callable[[], Any]) -> None:
+        """Export the scheduler's counters and gauges, read at scrape time."""
+        self.registry.register(EngineCollector(stats))
 
     def video(self, timing: Mapping[str, float]) -> None:
         for name, seconds in timing.items():
@@ -101,6 +116,32 @@ class PoolCollector(Collector):
             if gpu.utilization is not None:
                 utilization.add_metric([str(gpu.index)], gpu.utilization)
         yield from (used, total, utilization)
+
+
+class EngineCollector(Collector):
+    """The scheduler's state at scrape time: running and waiting sequences, KV use, outcomes."""
+
+    def __init__(self, stats: Callable[[], Any]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats()
+        gauges = (("fastvlm_engine_running_sequences", "Sequences in the running batch.", stats.active),
+                  ("fastvlm_engine_waiting_requests", "Requests waiting for a KV slot.", stats.waiting),
+                  ("fastvlm_engine_kv_tokens_in_use", "KV cache tokens held by running sequences.",
+                   stats.kv_tokens_in_use),
+                  ("fastvlm_engine_kv_token_capacity", "KV cache tokens this worker holds.", stats.kv_token_capacity))
+        for name, doc, value in gauges:
+            family = GaugeMetricFamily(name, doc)
+            family.add_metric([], value)
+            yield family
+        steps = CounterMetricFamily("fastvlm_engine_steps", "Model steps run.")
+        steps.add_metric([], stats.steps)
+        outcomes = CounterMetricFamily("fastvlm_engine_requests", "Requests the engine finished, by outcome.",
+                                       labels=["outcome"])
+        for outcome in ("completed", "failed", "cancelled"):
+            outcomes.add_metric([outcome], getattr(stats, outcome))
+        yield from (steps, outcomes)
 
 
 class _Fixed(Collector):

@@ -32,4 +32,4 @@ async def release_worker(worker_id: str, request: Request) -> dict:
     state: RouterState = request.app.state.router
     worker = await state.pool.release(worker_id)
     log.warning("worker %s released from quarantine by admin key %s", worker_id, who)
-    return {"worker": worker.snapshot(state.admission.max_concurrent)}
+    return {"worker": worker.snapshot()}

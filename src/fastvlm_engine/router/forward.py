@@ -25,7 +25,7 @@ from ..observability import tracing
 from ..web import request_id_of
 from .admission import IMAGE, VIDEO, Lease
 from .state import RouterState
-from .upstream import UpstreamResponse, WorkerUnreachable
+from .upstream import OpenUpstream, WorkerUnreachable
 
 __all__ = ["NothingFree", "forward", "worker_deadline_s", "worker_payload"]
 
@@ -52,11 +52,12 @@ def worker_payload(media: MediaRequest) -> tuple[Any, dict[str, str]]:
 
 
 async def forward(state: RouterState, request: Request, lease: Lease, media: MediaRequest
-                  ) -> tuple[UpstreamResponse, Lease]:
+                  ) -> tuple[OpenUpstream, Lease]:
     """Send to the lease's worker; on a connection that never reached it (refused, or a connect
     timeout) try another worker, and retry an image once elsewhere if its worker died mid-request.
 
-    Returns the response and the lease that produced it; on failure every lease it took is released.
+    Returns the opened response (its body still to be read or streamed) and the lease that
+    produced it; on failure every lease it took is released.
     """
     endpoint = lease.endpoint
     tried: list[str] = []
@@ -74,8 +75,8 @@ async def forward(state: RouterState, request: Request, lease: Lease, media: Med
                                DEADLINE_HEADER: str(int(worker_deadline_s(timeout) * 1000)),
                                **lease.worker.auth_headers()}
                     tracing.inject(headers)
-                    response = await state.upstream.request("POST", lease.worker.url + endpoint, body=body,
-                                                            headers=headers, timeout_s=timeout)
+                    response = await state.upstream.open("POST", lease.worker.url + endpoint, body=body,
+                                                         headers=headers, timeout_s=timeout)
                 return response, lease
             except WorkerUnreachable:
                 log.warning("worker %s could not be reached; trying another", lease.worker.id)
@@ -88,7 +89,7 @@ async def forward(state: RouterState, request: Request, lease: Lease, media: Med
                 log.warning("worker %s failed mid-request; retrying the image once elsewhere", lease.worker.id)
             lease.release(succeeded=False)
             tried.append(lease.worker.id)
-            replacement = state.admission.acquire(state.pool.workers, endpoint, exclude=tried)
+            replacement = state.admission.try_acquire(endpoint, exclude=tried)
             if replacement is None:
                 if not reached:  # nothing ran anywhere: this is plain shedding, not a failure
                     raise NothingFree()

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from ..errors import EngineError, NoReadyWorkers, ShuttingDown
 from ..observability.metrics import CONTENT_TYPE, render
 from ..web import error_response, request_id_of
+from .admission import IMAGE, VIDEO
 from .media import DRAIN_RETRY_AFTER_S
 from .state import RouterState
 
@@ -28,7 +29,8 @@ async def healthz(request: Request) -> dict:
         "status": "ok",
         "draining": state.draining,
         "ready_workers": len(pool.ready()),
-        "workers": [w.snapshot(state.admission.max_concurrent) for w in pool.workers],
+        "workers": [w.snapshot() for w in pool.workers],
+        "admission_queue": {"image": state.admission.queue_depth(IMAGE), "video": state.admission.queue_depth(VIDEO)},
         "gpus": [{"index": g.index, "name": g.name, "simulated": state.inventory.simulated,
                   "memory_total_bytes": g.total_bytes, "memory_used_bytes": g.used_bytes}
                  for g in state.inventory.gpus()],

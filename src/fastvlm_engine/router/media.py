@@ -9,19 +9,21 @@ something it picks per request.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from ..errors import EngineError, NoReadyWorkers, ShuttingDown, WorkersBusy
 from ..headers import WORKER_HEADER
 from ..intake.request import body_rules, intake_limits, read_media_request
 from ..intake.submission import MediaKind
 from ..observability import tracing
-from .admission import IMAGE, VIDEO
+from .admission import IMAGE, VIDEO, Lease
 from .forward import NothingFree, forward
 from .retry_after import parse_attempt
 from .state import RouterState
-from .upstream import end_to_end_headers
+from .upstream import OpenUpstream, end_to_end_headers
 from .workers import WorkerState
 
 __all__ = ["client_identity", "predict_image", "shed_error", "summarize_video"]
@@ -47,8 +49,9 @@ def shed_error(state: RouterState, request: Request, endpoint: str) -> EngineErr
     ready = pool.ready()
     estimator.rejected(endpoint, client_identity(request))
     state.metrics.busy_rejections.labels(endpoint).inc()
-    wait = estimator.estimate(endpoint, in_flight=sum(w.in_flight for w in ready),
-                              capacity=state.admission.capacity(ready, endpoint), attempt=attempt)
+    queued = state.admission.queue_depth(endpoint)
+    wait = estimator.estimate(endpoint, in_flight=sum(w.in_flight for w in ready) + queued,
+                              capacity=state.admission.capacity(endpoint), attempt=attempt)
     if not ready:
         starting = sum(w.state in (WorkerState.STARTING, WorkerState.RESTARTING) for w in pool.workers)
         reason = f"{starting} worker(s) starting" if starting else "no worker is running"
@@ -61,30 +64,48 @@ async def _media_endpoint(request: Request, kind: MediaKind) -> Response:
     endpoint = _ENDPOINTS[kind]
     if state.draining:
         raise ShuttingDown(retry_after_sec=DRAIN_RETRY_AFTER_S)
-    with tracing.span("admission") as span:
-        free = any(state.admission.has_room(w, endpoint) for w in state.pool.workers)
-        span.set_attribute("fastvlm.admitted", free)
-        if not free:  # shed before reading a byte of the body
-            raise shed_error(state, request, endpoint)
+    if not state.admission.available(endpoint):  # shed before reading a byte of the body
+        raise shed_error(state, request, endpoint)
     settings = state.settings
     with await read_media_request(request, kind, intake_limits(settings, kind), body_rules(settings)) as media:
-        lease = state.admission.acquire(state.pool.workers, endpoint)
+        with tracing.span("admission") as span:
+            lease = await state.admission.acquire(endpoint)
+            span.set_attribute("fastvlm.admitted", lease is not None)
         if lease is None:
             raise shed_error(state, request, endpoint)
-        succeeded = False
         try:
-            try:
-                upstream, lease = await forward(state, request, lease, media)
-            except NothingFree:
-                raise shed_error(state, request, endpoint) from None
-            succeeded = upstream.status == 200
-            headers = end_to_end_headers(upstream.headers)
-            headers[WORKER_HEADER] = lease.worker.id
-            return Response(upstream.body, status_code=upstream.status, headers=headers)
-        finally:
-            elapsed = lease.release(succeeded=succeeded)
-            if succeeded:
-                state.retry_after.observe(endpoint, elapsed)
+            upstream, lease = await forward(state, request, lease, media)
+        except NothingFree:
+            raise shed_error(state, request, endpoint) from None
+    headers = end_to_end_headers(upstream.headers)
+    headers[WORKER_HEADER] = lease.worker.id
+    if upstream.is_stream:  # the slot stays taken until the stream ends
+        return StreamingResponse(_relay(state, lease, upstream), status_code=upstream.status, headers=headers)
+    succeeded = False
+    try:
+        body = await upstream.read()
+        succeeded = upstream.status == 200
+        return Response(body, status_code=upstream.status, headers=headers)
+    finally:
+        _finish(state, lease, succeeded)
+
+
+async def _relay(state: RouterState, lease: Lease, upstream: OpenUpstream) -> AsyncIterator[bytes]:
+    """Pass a worker's event stream through as it arrives; a client that leaves closes it."""
+    completed = False
+    try:
+        async for chunk in upstream.chunks():
+            yield chunk
+        completed = True
+    finally:
+        upstream.close()
+        _finish(state, lease, completed and upstream.status == 200)
+
+
+def _finish(state: RouterState, lease: Lease, succeeded: bool) -> None:
+    elapsed = lease.release(succeeded=succeeded)
+    if succeeded:
+        state.retry_after.observe(lease.endpoint, elapsed)
 
 
 async def predict_image(request: Request) -> Response:

@@ -42,7 +42,7 @@ from .placement import Placement
 from .upstream import Upstream
 from .workers import Device, Worker, WorkerState
 
-__all__ = ["WorkerPool"]
+__all__ = ["WorkerPool", "stall_verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,26 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
+def stall_verdict(health: dict, stall_timeout_s: float) -> str | None:
+    """Why a worker counts as stuck, from its heartbeat; None while it makes progress.
+
+    Progress is the engine's step counter, not how long a request takes: a generation that runs for
+    minutes is fine as long as steps keep coming. Stuck is one step running past the timeout, or
+    work waiting while no step ran for that long, or an inference thread that died with work.
+    """
+    running = health.get("step_running_for_s") or 0.0
+    if running > stall_timeout_s:
+        return f"inference made no progress: one model step has run for {running:.0f}s"
+    if not health.get("has_work"):
+        return None
+    if not health.get("inference_thread_alive", True):
+        return "inference made no progress: its inference thread died with work queued"
+    idle = health.get("since_last_step_s")
+    if idle is not None and idle > stall_timeout_s:
+        return f"inference made no progress: no model step for {idle:.0f}s while work is waiting"
+    return None
+
+
 class WorkerPool:
     """The router's workers: placement, processes, readiness, and shutdown."""
 
@@ -77,7 +97,8 @@ class WorkerPool:
                                    ram_max_fraction=settings.ram_max_fraction)
         self.workers: list[Worker] = []
         self.draining = False
-        self._on_change = on_change
+        self.on_change = on_change
+        """Called after every state change (the admission hands queued requests to new workers)."""
         self._tasks: set[asyncio.Task] = set()
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._next_id = 0
@@ -123,8 +144,8 @@ class WorkerPool:
     def _set(self, worker: Worker, state: WorkerState, reason: str) -> None:
         worker.set_state(state, reason)
         log.info("worker %s (%s) %s: %s", worker.id, worker.device.label, state.value, reason)
-        if self._on_change is not None:
-            self._on_change(worker)
+        if self.on_change is not None:
+            self.on_change(worker)
 
     def _spawn_task(self, coro: Any, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -261,12 +282,10 @@ class WorkerPool:
         if worker.state is not WorkerState.READY:
             return
         worker.heartbeat_misses, worker.health = 0, health
-        running = health.get("batch_running_for_s") or 0.0
-        has_work = bool(health.get("in_flight") or health.get("queue_depth"))
-        if running > self.settings.stall_timeout_s:
-            await self._retire(worker, WorkerState.UNHEALTHY, f"inference made no progress for {running:.0f}s")
-        elif has_work and not health.get("inference_thread_alive", True):
-            await self._retire(worker, WorkerState.UNHEALTHY, "its inference thread died with work queued")
+        worker.update_capacity(health.get("capacity"), self.settings.max_concurrent)
+        verdict = stall_verdict(health, self.settings.stall_timeout_s)
+        if verdict is not None:
+            await self._retire(worker, WorkerState.UNHEALTHY, verdict)
 
     async def release(self, worker_id: str) -> Worker:
         """Admin: let a quarantined slot run again, starting a fresh process now."""
@@ -298,6 +317,7 @@ class WorkerPool:
                 response = await self.upstream.request("GET", worker.url + "/readyz", timeout_s=2.0,
                                                        headers=worker.auth_headers())
                 if response.status == 200:
+                    worker.update_capacity(json.loads(response.body).get("capacity"), self.settings.max_concurrent)
                     self._became_ready(worker, gpu_used_before)
                     return
             except Exception:  # not listening yet, or busy loading

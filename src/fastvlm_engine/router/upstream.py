@@ -9,16 +9,17 @@ workers' own keep-alive ends, so a request never lands on a connection a worker 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
 from ..errors import WorkerFailed, WorkerTimeout
 from ..web.server import POOL_IDLE_S
 
-__all__ = ["HOP_BY_HOP", "Upstream", "UpstreamResponse", "WorkerUnreachable", "end_to_end_headers"]
+__all__ = ["HOP_BY_HOP", "OpenUpstream", "Upstream", "UpstreamResponse", "WorkerUnreachable", "end_to_end_headers"]
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
@@ -36,6 +37,39 @@ class UpstreamResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+
+
+class OpenUpstream:
+    """A worker response whose body is still arriving (a stream); close it when done with it."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers = dict(response.headers)
+
+    @property
+    def is_stream(self) -> bool:
+        return self.headers.get("Content-Type", "").startswith("text/event-stream")
+
+    async def read(self) -> bytes:
+        with _translate():
+            try:
+                body = await self._response.read()
+            except BaseException:  # cancelled (the client left) or failed: the worker must see it go
+                self._response.close()
+                raise
+        self._response.release()
+        return body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, unbuffered (for server-sent events)."""
+        with _translate():
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+
+    def close(self) -> None:
+        """Drop the connection (a stream cut short) — the worker sees the disconnect and stops."""
+        self._response.close()
 
 
 def end_to_end_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -83,12 +117,18 @@ class Upstream:
             raise RuntimeError("Upstream used before start() or after close()")
         return self._session
 
-    async def request(self, method: str, url: str, *, body: bytes | None = None,
+    async def request(self, method: str, url: str, *, body: Any = None,
                       headers: Mapping[str, str] | None = None, timeout_s: float) -> UpstreamResponse:
-        """One call; raises WorkerUnreachable, WorkerFailed or WorkerTimeout."""
+        """One call, its answer read whole; raises WorkerUnreachable, WorkerFailed or WorkerTimeout."""
+        opened = await self.open(method, url, body=body, headers=headers, timeout_s=timeout_s)
+        payload = await opened.read()
+        return UpstreamResponse(status=opened.status, headers=opened.headers, body=payload)
+
+    async def open(self, method: str, url: str, *, body: Any = None, headers: Mapping[str, str] | None = None,
+                   timeout_s: float) -> OpenUpstream:
+        """Send a request and return once the answer's headers arrived; the caller reads or streams it."""
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self._connect_timeout)
         with _translate():
-            async with self.session.request(method, url, data=body, headers=dict(headers or {}),
-                                            timeout=timeout, allow_redirects=False) as response:
-                payload = await response.read()
-                return UpstreamResponse(status=response.status, headers=dict(response.headers), body=payload)
+            response = await self.session.request(method, url, data=body, headers=dict(headers or {}),
+                                                  timeout=timeout, allow_redirects=False)
+        return OpenUpstream(response)

@@ -57,6 +57,7 @@ class Worker:
     token: str = field(default="", repr=False)  # this process's internal token (new for every spawn)
     in_flight: int = 0
     video_in_flight: int = 0
+    slots: int = 1  # requests it may hold at once: its engine's capacity, capped by max_concurrent
     restarts: int = 0
     exit_code: int | None = None
     started_at: float | None = None
@@ -85,19 +86,27 @@ class Worker:
             self._latency[endpoint] = Ewma(prior=0.0)
         return self._latency[endpoint]
 
+    def update_capacity(self, capacity: dict | None, max_concurrent: int) -> None:
+        """Size this worker's slots from what its engine reported (sequences it can hold)."""
+        sequences = (capacity or {}).get("sequences")
+        if isinstance(sequences, int) and sequences >= 1:
+            self.slots = min(max_concurrent, sequences)
+        else:
+            self.slots = max_concurrent
+
     def set_state(self, state: WorkerState, reason: str) -> None:
         self.state, self.reason, self.changed_at = state, reason, time.time()
 
-    def snapshot(self, max_concurrent: int) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         """What /healthz shows for this worker."""
         return {
             "id": self.id, "state": self.state.value, "reason": self.reason,
             "since": round(self.changed_at, 3), "device": self.device.label, "pid": self.pid,
             "port": self.port, "in_flight": self.in_flight, "video_in_flight": self.video_in_flight,
-            "max_concurrent": max_concurrent, "restarts": self.restarts,
+            "max_concurrent": self.slots, "capacity": self.health.get("capacity"), "restarts": self.restarts,
             "failures_in_window": len(self.failures), "last_failure": self.last_failure,
             "queue_depth": self.health.get("queue_depth"), "last_success_at": self.health.get("last_success_at"),
-            "worker_in_flight": self.health.get("in_flight"), "items_done": self.health.get("items"),
+            "worker_in_flight": self.health.get("in_flight"), "steps": self.health.get("steps"),
             "memory": self.health.get("memory"),
             "latency_ms": {endpoint: round(ewma.get() * 1000, 1) for endpoint, ewma in self._latency.items()
                            if ewma.value is not None},

@@ -165,7 +165,7 @@ class RequestLifecycle:
 
     After the request body has been read, the connection is watched: a client that disconnects
     before its response is complete cancels the request's task (cancellation reaches the worker,
-    the batcher and the video pipeline through their ``await``), and the access log counts it as
+    the scheduler and the video pipeline through their ``await``), and the access log counts it as
     499 ``client_closed``. ``InFlight.cut_off`` cancels the same way at the end of a drain; the
     client then gets 503 ``shutting_down`` as JSON if its response had not started.
     """

@@ -2,7 +2,7 @@
 
 The model loads in a background thread after the port opens, so ``/healthz`` answers at once
 and ``/readyz`` tells loading from ready. Handlers never touch the model directly: they await
-the batcher, so health checks answer while a batch runs. A media request is read and parsed
+the scheduler, so health checks answer while the model runs. A media request is read and parsed
 completely (off the event loop) before it reaches the service, runs under the deadline the
 router sent (``X-FastVLM-Deadline-Ms``), and is cancelled if the router goes away.
 """
@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry
 
 from ..config import Settings
-from ..errors import InferenceTimeout, NotReady, ShuttingDown
+from ..errors import EngineError, InferenceTimeout, NotReady, ShuttingDown
 from ..guards import InternalTokenGuard
 from ..headers import DEADLINE_HEADER, QUEUE_HEADER
 from ..intake.request import body_rules, intake_limits, read_media_request
@@ -46,6 +47,7 @@ from ..web import (
     media_body_openapi,
     request_id_of,
 )
+from ..web.sse import SSE_HEADERS, SSE_MEDIA_TYPE, sse_event
 from .service import WorkerService, WorkerState
 
 __all__ = ["create_app", "request_deadline_s"]
@@ -67,38 +69,66 @@ def _service(request: Request) -> WorkerService:
     return request.app.state.service
 
 
-async def _run_media(request: Request, kind: MediaKind) -> Any:
+async def _read(request: Request, kind: MediaKind):
+    settings = _service(request).settings
+    return await read_media_request(request, kind, intake_limits(settings, kind), body_rules(settings))
+
+
+def _check_serving(request: Request) -> WorkerService:
     service = _service(request)
     if service.state is WorkerState.STOPPING:
         raise ShuttingDown(retry_after_sec=1.0)
     service.require_ready()
-    settings = service.settings
-    deadline = request_deadline_s(request, settings.inference_timeout_s)
-    try:
-        async with asyncio.timeout(deadline):
-            with await read_media_request(request, kind, intake_limits(settings, kind), body_rules(settings)) as media:
-                if kind == "image":
-                    return await service.predict_image(media)
-                return await service.summarize_video(media)
-    except TimeoutError:
-        raise InferenceTimeout(f"The request did not finish within its deadline of {deadline:.1f}s.") from None
+    return service
 
 
 async def predict_image(request: Request) -> Response:
-    """Caption an image or answer a prompt about it."""
-    result = await _run_media(request, "image")
+    """Caption an image or answer a prompt about it; ``"stream": true`` answers server-sent events."""
+    service = _check_serving(request)
+    deadline_s = request_deadline_s(request, service.settings.inference_timeout_s)
+    deadline = time.monotonic() + deadline_s
+    async with _deadline(deadline_s):
+        with await _read(request, "image") as media:
+            prepared = await service.prepare_image(media, deadline=deadline)
+        if media.options.stream:
+            return StreamingResponse(_image_events(service, prepared), media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+        result = await service.run_prepared(prepared)
     return JSONResponse(result.model_dump(), headers={QUEUE_HEADER: str(result.timing.queue_ms)})
+
+
+async def _image_events(service: WorkerService, prepared) -> AsyncIterator[bytes]:
+    """SSE for one streamed image request; an error after the stream started is its last event."""
+    try:
+        async for event, data in service.stream_prepared(prepared):
+            yield sse_event(data.model_dump() if event == "done" else {"text": data}, event)
+    except EngineError as exc:
+        yield sse_event(exc.to_body(), "error")
 
 
 async def summarize_video(request: Request) -> SummarizeVideoResponse:
     """Describe a short video: scenes, keyframe captions, summary, safety flags, tags."""
-    return await _run_media(request, "video")
+    service = _check_serving(request)
+    deadline_s = request_deadline_s(request, service.settings.inference_timeout_s)
+    async with _deadline(deadline_s):
+        with await _read(request, "video") as media:
+            return await service.summarize_video(media, deadline=time.monotonic() + deadline_s)
+
+
+@asynccontextmanager
+async def _deadline(seconds: float) -> AsyncIterator[None]:
+    """The router's deadline for everything before the answer starts: past it, 504 inference_timeout."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise InferenceTimeout(f"The request did not finish within its deadline of {seconds:.1f}s.") from None
 
 
 async def healthz(request: Request) -> dict:
     """Liveness: the process answers (also while loading or busy)."""
     service = _service(request)
-    vlm, batcher = service.vlm, service.batcher
+    vlm = service.vlm
+    health = service.health()
     return {
         "status": "ok",
         "state": service.state.value,
@@ -107,9 +137,9 @@ async def healthz(request: Request) -> dict:
         "model": vlm.name if vlm else None,
         "model_info": vlm.info.public() if vlm else None,
         "device": str(vlm.device) if vlm else None,
-        "queue_depth": batcher.queue_depth if batcher else 0,
-        "batch_running": bool(batcher and batcher.stats.busy_since is not None),
-        "batches_run": batcher.stats.batches if batcher else 0,
+        "queue_depth": health["queue_depth"],
+        "active_sequences": health["active_sequences"],
+        "steps": health["steps"],
     }
 
 
@@ -125,7 +155,8 @@ async def readyz(request: Request) -> JSONResponse:
         return error_response(NotReady(f"The worker is not ready: {service.state_reason}.",
                                        state=service.state.value), request_id_of(request))
     vlm, _ = service.require_ready()
-    return JSONResponse({"status": "ready", "model": vlm.name, "device": str(vlm.device)})
+    return JSONResponse({"status": "ready", "model": vlm.name, "device": str(vlm.device),
+                         "capacity": service.capacity()})
 
 
 async def metrics(request: Request) -> Response:

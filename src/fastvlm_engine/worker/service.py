@@ -1,7 +1,8 @@
-"""What a worker does, independent of HTTP: load the model, then describe media through the batcher.
+"""What a worker does, independent of HTTP: load the model, then describe media through the scheduler.
 
 The HTTP app and the in-process CLI (``fastvlm describe``) both call this, so they answer alike.
-Media decoding and preprocessing run in threads; only ``generate`` runs on the inference thread.
+Media decoding and preprocessing run in threads; only the model's steps run on the inference
+thread, where the continuous-batching scheduler lets every request join and leave at any step.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from ..config import Settings
-from ..engine.batcher import Batcher, BatchResult
 from ..errors import InvalidRequest, NotReady
 from ..intake.submission import MediaRequest
 from ..media import DecodedImage, decode_image, open_media, read_media
@@ -28,6 +28,7 @@ from ..observability import tracing
 from ..observability.metrics import WorkerMetrics
 from ..schemas import (
     ImageInfo,
+    ImageOptions,
     ImageTiming,
     PredictImageResponse,
     SummarizeVideoResponse,
@@ -36,10 +37,13 @@ from ..schemas import (
 from .faults import FaultInjector
 
 if TYPE_CHECKING:  # torch loads in WorkerService.load, after the HTTP port is already open
-    from ..engine.model import FastVLM, Generation, PreparedInput
+    from ..engine.handle import GenerationResult, RequestHandle
+    from ..engine.model import FastVLM, PreparedInput
     from ..engine.model_info import ModelInfo
+    from ..engine.sampling import SamplingParams
+    from ..engine.scheduler import Scheduler
 
-__all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "WorkerService", "WorkerState"]
+__all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "PreparedImage", "WorkerService", "WorkerState"]
 
 EXIT_DEVICE_FAILED = 4
 """Exit status after an out-of-memory or CUDA error: the device state is unknown, so the worker
@@ -57,14 +61,20 @@ class WorkerState(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class PreparedImage:
+    """An image request decoded, templated and tokenised, ready to submit."""
+
     image: DecodedImage
     item: PreparedInput
     prompt: str
+    params: SamplingParams
+    started: float  # time.monotonic() when the request reached the service
+    decoded_at: float
+    deadline: float | None
 
 
 class WorkerService:
-    """One model on one device, fed by one batcher."""
+    """One model on one device, fed by one scheduler."""
 
     def __init__(self, settings: Settings, *, worker_id: str | None = None, incarnation: int = 0,
                  metrics: WorkerMetrics | None = None) -> None:
@@ -75,7 +85,7 @@ class WorkerService:
         self.state = WorkerState.LOADING
         self.state_reason = "loading the model"
         self.vlm: FastVLM | None = None
-        self.batcher: Batcher[PreparedInput, Generation] | None = None
+        self.scheduler: Scheduler | None = None
         self.metrics = metrics
         self._ready = threading.Event()
 
@@ -89,12 +99,13 @@ class WorkerService:
         return resolve_model(self.settings)
 
     def load(self) -> None:
-        """Load, start the batcher and warm up; blocking (run it off the event loop)."""
+        """Load, start the scheduler and warm up; blocking (run it off the event loop)."""
         self.faults.at_startup()
         try:
             import torch
 
             from ..engine.model import FastVLM
+            from ..engine.scheduler import Scheduler
 
             if self.settings.torch_threads:
                 torch.set_num_threads(self.settings.torch_threads)
@@ -103,12 +114,12 @@ class WorkerService:
                 log.warning("serving the tiny random model %s (FASTVLM_MODEL=%r): its text is meaningless",
                             info.name, self.settings.model)
             self.vlm = FastVLM.load(source, device=self.settings.device, dtype=self.settings.dtype, info=info)
-            self.batcher = Batcher(
-                _exit_on_fatal(self.faults.wrap_batch(self.vlm.generate)), max_batch_size=self.settings.max_batch_size,
-                max_batch_wait_s=self.settings.max_batch_wait_ms / 1000,
-                max_queue_size=self.settings.max_queue_size, timeout_s=self.settings.inference_timeout_s,
-                observers=[self.metrics.batch] if self.metrics else [],
-                batch_context=tracing.batch_span).start()
+            observers = [self.metrics.step] if self.metrics else []
+            self.scheduler = Scheduler.from_settings(self.vlm, self.settings, on_fatal=_exit_on_fatal,
+                                                     before_step=self.faults.before_step,
+                                                     step_observers=observers).start()
+            if self.metrics is not None:
+                self.metrics.watch_engine(self.scheduler.stats)
             if self.settings.warmup:
                 self._set_state(WorkerState.WARMING_UP, "running a warm-up generation")
                 self._warm_up()
@@ -123,14 +134,14 @@ class WorkerService:
             raise
 
     def _warm_up(self) -> None:
-        vlm, batcher = self.vlm, self.batcher
-        if vlm is None or batcher is None:
+        vlm, scheduler = self.vlm, self.scheduler
+        if vlm is None or scheduler is None:
             raise RuntimeError("warm-up before the model was loaded")
         size = vlm.image_size
         image = Image.new("RGB", (size, size), (127, 127, 127))
         item = vlm.prepare(image, "Describe the image.", 2)
         started = time.monotonic()
-        batcher.submit(item).result(timeout=self.settings.inference_timeout_s)
+        scheduler.submit(item).wait(timeout=self.settings.inference_timeout_s)
         log.info("warm-up generation took %.0f ms", (time.monotonic() - started) * 1000)
 
     def _set_state(self, state: WorkerState, reason: str) -> None:
@@ -144,40 +155,59 @@ class WorkerService:
 
     def stop(self) -> None:
         self._set_state(WorkerState.STOPPING, "shutting down")
-        if self.batcher is not None:
-            self.batcher.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
 
     @property
     def ready(self) -> bool:
         return self.state is WorkerState.READY
 
-    def require_ready(self) -> tuple[FastVLM, Batcher[PreparedInput, Generation]]:
-        if not self.ready or self.vlm is None or self.batcher is None:
+    def require_ready(self) -> tuple[FastVLM, Scheduler]:
+        if not self.ready or self.vlm is None or self.scheduler is None:
             raise NotReady(f"The worker is not ready: {self.state_reason}.")
-        return self.vlm, self.batcher
+        return self.vlm, self.scheduler
 
-    # --- requests ---------------------------------------------------------------------------
+    # --- health -----------------------------------------------------------------------------
+
+    def capacity(self) -> dict[str, int] | None:
+        """Sequences and tokens this worker's engine holds at once (the router sizes its slots from it)."""
+        if self.scheduler is None:
+            return None
+        capacity = self.scheduler.capacity()
+        return {"sequences": capacity.sequences, "context_tokens": capacity.context_tokens,
+                "tokens": capacity.tokens}
 
     def health(self) -> dict:
-        """Heartbeat payload for the router: read from counters, never from the model."""
-        vlm, batcher = self.vlm, self.batcher
-        stats = batcher.stats if batcher else None
-        busy_since = stats.busy_since if stats else None
+        """Heartbeat payload for the router: read from counters, never from the model.
+
+        Progress is reported as durations (this process's monotonic clock means nothing to the
+        router): how long the running model step has taken, and how long since the last step.
+        """
+        vlm, scheduler = self.vlm, self.scheduler
+        stats = scheduler.stats() if scheduler else None
+        now = time.monotonic()
         return {
             "state": self.state.value,
             "reason": self.state_reason,
             "in_flight": self.in_flight,
-            "queue_depth": batcher.queue_depth if batcher else 0,
-            "inference_thread_alive": bool(batcher and batcher.alive),
-            "batch_running_for_s": round(time.monotonic() - busy_since, 3) if busy_since is not None else None,
-            "batches": stats.batches if stats else 0,
-            "items": stats.items if stats else 0,
-            "failures": stats.failures if stats else 0,
-            "last_success_at": stats.last_success_at if stats else None,
+            "queue_depth": stats.waiting if stats else 0,
+            "active_sequences": stats.active if stats else 0,
+            "has_work": bool(stats and stats.has_work),
+            "inference_thread_alive": bool(stats and stats.alive),
+            "steps": stats.steps if stats else 0,
+            "step_running_for_s": round(now - stats.step_started_at, 3) if stats and stats.step_started_at else None,
+            "since_last_step_s": round(now - stats.last_step_at, 3) if stats and stats.last_step_at else None,
+            "completed": stats.completed if stats else 0,
+            "cancelled": stats.cancelled if stats else 0,
+            "failures": stats.failed if stats else 0,
+            "kv_tokens_in_use": stats.kv_tokens_in_use if stats else 0,
+            "capacity": self.capacity(),
             "device": str(vlm.device) if vlm else None,
             "model": vlm.info.public() if vlm else None,
             "memory": _memory_in_use(vlm),
         }
+
+    # --- request preparation ----------------------------------------------------------------
 
     def _token_budget(self, requested: int | None) -> int:
         limit = self.settings.max_new_tokens_limit
@@ -202,35 +232,109 @@ class WorkerService:
                                  field="prompt")
         return cleaned
 
+    def sampling(self, options: ImageOptions, budget: int) -> SamplingParams:
+        """The request's sampling settings, validated (422 naming the field when one is wrong)."""
+        from ..engine.sampling import SamplingParams
+
+        stop = options.stop if isinstance(options.stop, list) else ([options.stop] if options.stop else [])
+        params = SamplingParams(max_new_tokens=budget, temperature=options.temperature or 0.0,
+                                top_p=1.0 if options.top_p is None else options.top_p, top_k=options.top_k or 0,
+                                seed=options.seed, stop=tuple(stop),
+                                repetition_penalty=1.0 if options.repetition_penalty is None
+                                else options.repetition_penalty)
+        try:
+            return params.validate(self.settings.max_new_tokens_limit)
+        except ValueError as exc:
+            field = str(exc).split(":", 1)[0]
+            raise InvalidRequest(f"Invalid request: {exc}", field=field,
+                                 fields=[{"field": field, "message": str(exc).split(":", 1)[-1].strip()}]) from None
+
     def _read_image(self, media: MediaRequest) -> bytes:
         if media.upload is not None:
             return media.upload.read_bytes()  # its size was limited while it was received
         return read_media(media.path or "", self.settings.media_roots, self.settings.max_image_bytes)
 
-    def _decode_and_prepare(self, vlm: FastVLM, data: bytes, prompt: str, max_new_tokens: int) -> _Prepared:
+    def _decode(self, vlm: FastVLM, data: bytes, prompt: str, budget: int) -> tuple[DecodedImage, PreparedInput]:
         image = decode_image(data, max_bytes=self.settings.max_image_bytes,
                              max_pixels=self.settings.max_image_pixels)
-        return _Prepared(image=image, item=vlm.prepare(image.image, prompt, max_new_tokens), prompt=prompt)
+        return image, vlm.prepare(image.image, prompt, budget)
 
-    async def predict_image(self, media: MediaRequest) -> PredictImageResponse:
-        """Answer one /predict_image request (a path under the media roots, or an upload)."""
+    async def prepare_image(self, media: MediaRequest, *, deadline: float | None = None) -> PreparedImage:
+        """Validate, read, decode and tokenise one /predict_image request (off the event loop)."""
         started = time.monotonic()
         vlm, _ = self.require_ready()
+        options: ImageOptions = media.options
+        budget = self._token_budget(options.max_new_tokens)
+        prompt = self._prompt(vlm, options.prompt)
+        params = self.sampling(options, budget)
+
+        def load() -> tuple[DecodedImage, PreparedInput]:
+            with tracing.span("media.decode", **{"fastvlm.source": media.source}):
+                return self._decode(vlm, self._read_image(media), prompt, budget)
+
+        image, item = await asyncio.to_thread(load)
+        return PreparedImage(image=image, item=item, prompt=prompt, params=params, started=started,
+                             decoded_at=time.monotonic(), deadline=deadline)
+
+    # --- running ----------------------------------------------------------------------------
+
+    def _submit(self, prepared: PreparedImage) -> RequestHandle:
+        _, scheduler = self.require_ready()
         self.faults.on_request()
+        return scheduler.submit(prepared.item, prepared.params, deadline=prepared.deadline)
+
+    async def predict_image(self, media: MediaRequest, *, deadline: float | None = None) -> PredictImageResponse:
+        """Answer one /predict_image request (a path under the media roots, or an upload)."""
         self.in_flight += 1
         try:
-            options = media.options
-            budget = self._token_budget(options.max_new_tokens)
-            prompt = self._prompt(vlm, options.prompt)
-
-            def load() -> _Prepared:
-                with tracing.span("media.decode", **{"fastvlm.source": media.source}):
-                    return self._decode_and_prepare(vlm, self._read_image(media), prompt, budget)
-
-            prepared = await asyncio.to_thread(load)
-            return await self._run(prepared, started)
+            prepared = await self.prepare_image(media, deadline=deadline)
+            return await self.run_prepared(prepared)
         finally:
             self.in_flight -= 1
+
+    async def run_prepared(self, prepared: PreparedImage) -> PredictImageResponse:
+        with tracing.span("inference", **{"fastvlm.prompt_tokens": prepared.item.prompt_tokens}) as span:
+            handle = self._submit(prepared)
+            try:
+                result = await handle.result()
+            except asyncio.CancelledError:
+                handle.cancel()
+                raise
+            _describe(span, result)
+        return self._response(prepared, result)
+
+    async def stream_prepared(self, prepared: PreparedImage) -> AsyncIterator[tuple[str, Any]]:
+        """("delta", text) events as tokens are generated, then ("done", the response document).
+
+        Leaving early (the client went away) cancels the request: its KV slot is freed at the next
+        step.
+        """
+        self.in_flight += 1
+        try:
+            with tracing.span("inference", **{"fastvlm.prompt_tokens": prepared.item.prompt_tokens,
+                                              "fastvlm.stream": True}) as span:
+                handle = self._submit(prepared)
+                async for delta in handle.stream():
+                    yield "delta", delta
+                result = await handle.result()
+                _describe(span, result)
+            yield "done", self._response(prepared, result)
+        finally:
+            self.in_flight -= 1
+
+    def _response(self, prepared: PreparedImage, result: GenerationResult) -> PredictImageResponse:
+        vlm, _ = self.require_ready()
+        if self.metrics is not None:
+            self.metrics.request(result)
+        return PredictImageResponse(
+            output=result.text, prompt=prepared.prompt, model=vlm.name,
+            image=ImageInfo(width=prepared.image.width, height=prepared.image.height),
+            finish_reason=result.finish_reason,
+            usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
+            batch_size=round(result.batch_size, 3),
+            timing=ImageTiming(decode_ms=_ms(prepared.decoded_at - prepared.started), queue_ms=_ms(result.queue_s),
+                               ttft_ms=_ms(result.ttft_s), inference_ms=_ms(result.inference_s),
+                               total_ms=_ms(time.monotonic() - prepared.started)))
 
     async def describe_bytes(self, data: bytes, prompt: str | None = None,
                              max_new_tokens: int | None = None) -> PredictImageResponse:
@@ -239,16 +343,18 @@ class WorkerService:
         vlm, _ = self.require_ready()
         budget = self._token_budget(max_new_tokens)
         text = self._prompt(vlm, prompt)
-        prepared = await asyncio.to_thread(self._decode_and_prepare, vlm, data, text, budget)
-        return await self._run(prepared, started)
+        image, item = await asyncio.to_thread(self._decode, vlm, data, text, budget)
+        prepared = PreparedImage(image=image, item=item, prompt=text, params=self.sampling(ImageOptions(), budget),
+                                 started=started, decoded_at=time.monotonic(), deadline=None)
+        return await self.run_prepared(prepared)
 
-    async def summarize_video(self, media: MediaRequest) -> SummarizeVideoResponse:
+    async def summarize_video(self, media: MediaRequest, *, deadline: float | None = None) -> SummarizeVideoResponse:
         """Answer one /summarize_video request (a path under the media roots, or an upload)."""
         from ..video import summarize_video
 
-        vlm, batcher = self.require_ready()
+        vlm, scheduler = self.require_ready()
         self.faults.on_request()
-        captioner = EngineCaptioner(vlm, batcher, self._observe_queue)
+        captioner = EngineCaptioner(vlm, scheduler, deadline=deadline, on_result=self._observe)
         self.in_flight += 1
         try:
             if media.upload is not None:
@@ -266,43 +372,28 @@ class WorkerService:
             self.metrics.video(result.timing.model_dump())
         return result
 
-    def _observe_queue(self, result: BatchResult[Generation]) -> None:
+    def _observe(self, result: GenerationResult) -> None:
         if self.metrics is not None:
-            self.metrics.queue_wait.observe(result.queue_s)
+            self.metrics.request(result)
 
     async def summarize_file(self, path: str) -> SummarizeVideoResponse:
         """Summarize a local video the caller chose (the CLI's path: no media roots apply)."""
         from ..video import summarize_video
 
-        vlm, batcher = self.require_ready()
-        return await summarize_video(path, self.settings, EngineCaptioner(vlm, batcher, self._observe_queue),
+        vlm, scheduler = self.require_ready()
+        return await summarize_video(path, self.settings, EngineCaptioner(vlm, scheduler, on_result=self._observe),
                                      model_name=vlm.name)
-
-    async def _run(self, prepared: _Prepared, started: float) -> PredictImageResponse:
-        vlm, batcher = self.require_ready()
-        decoded_at = time.monotonic()
-        result: BatchResult[Generation] = await batcher.run(prepared.item)
-        self._observe_queue(result)
-        generation = result.output
-        return PredictImageResponse(
-            output=generation.text, prompt=prepared.prompt, model=vlm.name,
-            image=ImageInfo(width=prepared.image.width, height=prepared.image.height),
-            finish_reason=generation.finish_reason,
-            usage=Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=len(generation.token_ids)),
-            batch_size=result.batch_size,
-            timing=ImageTiming(decode_ms=_ms(decoded_at - started), queue_ms=_ms(result.queue_s),
-                               inference_ms=_ms(result.inference_s),
-                               total_ms=_ms(time.monotonic() - started)))
 
 
 class EngineCaptioner:
-    """The video pipeline's view of the model: every frame goes through the shared batcher, so
-    one video's frames share batches with each other and with concurrent image requests."""
+    """The video pipeline's view of the model: every frame goes through the shared scheduler, so a
+    video's frames decode together, and with concurrent image requests, step by step."""
 
-    def __init__(self, vlm: FastVLM, batcher: Batcher[PreparedInput, Generation],
-                 on_result: Callable[[BatchResult[Generation]], None] | None = None) -> None:
+    def __init__(self, vlm: FastVLM, scheduler: Scheduler, *, deadline: float | None = None,
+                 on_result: Callable[[GenerationResult], None] | None = None) -> None:
         self.vlm = vlm
-        self.batcher = batcher
+        self.scheduler = scheduler
+        self.deadline = deadline
         self._on_result = on_result or (lambda result: None)
 
     async def caption(self, images: Sequence[Image.Image], prompts: Sequence[str],
@@ -310,36 +401,38 @@ class EngineCaptioner:
         items = await asyncio.to_thread(
             lambda: [self.vlm.prepare(image, prompt, max_new_tokens) for image, prompt in zip(images, prompts,
                                                                                             strict=True)])
-        results = await self.batcher.run_many(items)
+        with tracing.span("inference", **{"fastvlm.frames": len(items)}):
+            results = await self.scheduler.generate_many(items, deadline=self.deadline)
         for result in results:
             self._on_result(result)
-        return [result.output.text for result in results]
+        return [result.text for result in results]
 
     async def complete(self, prompt: str, max_new_tokens: int) -> str:
         item = await asyncio.to_thread(self.vlm.prepare, None, prompt, max_new_tokens)
-        result = await self.batcher.run(item)
+        with tracing.span("inference", **{"fastvlm.prompt_tokens": item.prompt_tokens}) as span:
+            result = await self.scheduler.generate(item, deadline=self.deadline)
+            _describe(span, result)
         self._on_result(result)
-        return result.output.text
+        return result.text
 
 
-def _exit_on_fatal(run_batch: Callable[[Sequence[PreparedInput]], list[Generation]]
-                   ) -> Callable[[Sequence[PreparedInput]], list[Generation]]:
+def _describe(span: Any, result: GenerationResult) -> None:
+    """What the engine did for one request, on its inference span (continuous batching has no
+    batch to link requests to: each request's span carries how many it shared its steps with)."""
+    span.set_attribute("fastvlm.queue_ms", _ms(result.queue_s))
+    span.set_attribute("fastvlm.ttft_ms", _ms(result.ttft_s))
+    span.set_attribute("fastvlm.batch_size", round(result.batch_size, 3))
+    span.set_attribute("fastvlm.steps", result.steps)
+    span.set_attribute("fastvlm.completion_tokens", result.completion_tokens)
+
+
+def _exit_on_fatal(exc: BaseException) -> None:
     """End the process on out-of-memory or CUDA errors, with one clear log line."""
-    from ..engine.model import is_fatal_device_error
-
-    def guarded(batch: Sequence[PreparedInput]) -> list[Generation]:
-        try:
-            return run_batch(batch)
-        except Exception as exc:
-            if is_fatal_device_error(exc):
-                log.critical("fatal device error (%s: %s); exiting with status %d so the router replaces "
-                             "this worker", type(exc).__name__, exc, EXIT_DEVICE_FAILED)
-                logging.shutdown()
-                sys.stderr.flush()
-                os._exit(EXIT_DEVICE_FAILED)
-            raise
-
-    return guarded
+    log.critical("fatal device error (%s: %s); exiting with status %d so the router replaces this worker",
+                 type(exc).__name__, exc, EXIT_DEVICE_FAILED)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_DEVICE_FAILED)
 
 
 def _memory_in_use(vlm: FastVLM | None) -> dict[str, int]:
