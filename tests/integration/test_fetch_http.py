@@ -36,6 +36,7 @@ from fastvlm_engine.intake.spool import Spool
 from fastvlm_engine.media.addresses import IPAddress
 from fastvlm_engine.media.fetch import FetchedMedia, MediaFetcher
 from fastvlm_engine.media.fetch_policy import FetchPolicy
+from fastvlm_engine.media.resolver import SystemResolver
 from tests.helpers.sockets import unaccepting_port
 
 pytestmark = pytest.mark.integration
@@ -254,6 +255,22 @@ def test_the_connection_uses_the_checked_answer_and_no_second_lookup():
             assert body == PNG and result.redirects == 1
             assert resolver.calls == ["media.test", "media.test"]  # once per hop, never by aiohttp
             assert [headers["Host"] for _, headers in server.requests] == [f"media.test:{server.port}"] * 2
+
+    asyncio.run(scenario())
+
+
+def test_the_system_resolver_is_used_once_per_hop_by_default():
+    """The production resolver (getaddrinfo) on a name the hosts file answers: localhost."""
+    async def scenario() -> None:
+        addresses = await SystemResolver().resolve("localhost", 80)
+        assert addresses and all(address.is_loopback for address in addresses)
+        async with Server({"/cat.png": _image()}) as server:
+            result, body = await _fetch(MediaFetcher(_policy("localhost", server.port)),
+                                        f"http://localhost:{server.port}/cat.png")
+            assert body == PNG and server.requests[0][1]["Host"] == f"localhost:{server.port}"
+            await _refused(MediaFetcher(_policy("localhost", server.port, allow_private=False)),
+                           f"http://localhost:{server.port}/cat.png", UrlNotAllowed)
+            assert len(server.requests) == 1
 
     asyncio.run(scenario())
 
