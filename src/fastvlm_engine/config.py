@@ -210,6 +210,44 @@ class Settings(BaseSettings):
     default_prompt: str = Field("Describe the image.", min_length=1, description="Prompt used when a "
                                 "request gives none.")
 
+    # --- fetching media by URL ---------------------------------------------------------------
+    fetch_url_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts http(s) media URLs may name (comma-separated): exact names, "
+        "'*.example.com' for any name below example.com, '*' for any host name, or IP literals (an IP host must "
+        "be listed itself); empty = every media URL is refused (url_not_allowed).")
+    fetch_allow_private: bool = Field(False, description="Let listed hosts resolve to private, loopback, "
+                                      "link-local, CGNAT and other non-public addresses (refused by default, "
+                                      "also in their IPv4-mapped and NAT64 forms).")
+    fetch_timeout_s: float = Field(10.0, gt=0, description="Longest one media fetch may take in all: "
+                                   "resolution, redirects and the whole body.")
+    fetch_connect_timeout_s: float = Field(3.0, gt=0, description="Longest wait to connect to a media host.")
+    fetch_max_redirects: int = Field(3, ge=0, le=20, description="Redirects a media fetch follows, each one "
+                                     "checked like the first URL; one more fails with fetch_failed.")
+    fetch_allowed_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [80, 443], description="Ports media URLs may use (comma-separated).")
+
+    @field_validator("fetch_url_hosts", "fetch_allowed_ports", mode="before")
+    @classmethod
+    def _split_fetch_lists(cls, value: Any) -> Any:
+        return _split_list(value, ",")
+
+    @field_validator("fetch_url_hosts")
+    @classmethod
+    def _check_fetch_hosts(cls, entries: list[str]) -> list[str]:
+        if entries:
+            from .media.hosts import parse_host_pattern
+
+            for entry in entries:
+                parse_host_pattern(entry)
+        return entries
+
+    @field_validator("fetch_allowed_ports")
+    @classmethod
+    def _check_fetch_ports(cls, ports: list[int]) -> list[int]:
+        if any(not 1 <= port <= 65535 for port in ports):
+            raise ValueError("expected ports between 1 and 65535, like 80,443")
+        return sorted(set(ports))
+
     # --- video (issue 4) -----------------------------------------------------------------------
     video_max_bytes: int = Field(200 * MiB, ge=1, description="Largest video file or upload, in bytes.")
     video_max_seconds: float = Field(180.0, gt=0, description="Longest video, measured on the decoded stream.")

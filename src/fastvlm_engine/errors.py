@@ -30,7 +30,9 @@ rules from ``retryable`` and ``may_have_run`` here rather than keeping lists of 
     │   ├── VideoTooLong             413 video_too_long
     │   ├── UnsupportedMedia         415 unsupported_media
     │   ├── InvalidImage             422 invalid_image
-    │   └── InvalidVideo             422 invalid_video
+    │   ├── InvalidVideo             422 invalid_video
+    │   ├── UrlNotAllowed            400 url_not_allowed
+    │   └── FetchFailed              400 fetch_failed
     ├── CapacityError
     │   ├── NotReady                 503 not_ready
     │   ├── QueueFull                503 queue_full
@@ -63,6 +65,7 @@ __all__ = [
     "ContextTooLong",
     "EngineError",
     "ClientClosedRequest",
+    "FetchFailed",
     "ForbiddenIP",
     "HttpError",
     "ImageTooLarge",
@@ -93,6 +96,7 @@ __all__ = [
     "TooManyConnections",
     "Unauthorized",
     "UnsupportedMedia",
+    "UrlNotAllowed",
     "VideoTooLong",
     "WorkerFailed",
     "WorkerNotFound",
@@ -331,6 +335,27 @@ class InvalidVideo(MediaError):
     code = "invalid_video"
     http_status = 422
     default_message = "The video is corrupt, empty or cannot be decoded."
+
+
+class UrlNotAllowed(MediaError):
+    """A media URL this server will not fetch: fetching off, scheme, user info, port, host or address."""
+
+    code = "url_not_allowed"
+    http_status = 400
+    default_message = "This server does not fetch media from that URL."
+
+
+class FetchFailed(MediaError):
+    """An allowed media URL could not be read: DNS, connection, TLS, HTTP status, redirects or time.
+
+    400, not 502: the client chose the URL, and OpenAI answers unreadable image URLs with 400 too.
+    A 5xx would make SDKs retry automatically (fetching someone else's host again on each try) and
+    would count a client's dead link as an outage of this service. Not retryable for the same reason.
+    """
+
+    code = "fetch_failed"
+    http_status = 400
+    default_message = "The media could not be fetched from that URL."
 
 
 # --- capacity and upstream problems (retrying later may succeed) ----------------------------

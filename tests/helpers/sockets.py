@@ -27,6 +27,30 @@ def open_sockets(base_url: str, count: int, timeout: float = 5.0) -> Iterator[li
             sock.close()
 
 
+@contextmanager
+def unaccepting_port() -> Iterator[int]:
+    """A loopback port whose accept queue is full: connection attempts to it hang unanswered until closed."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(filler)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
 def closed_by_server(sock: socket.socket, wait: float = 0.0) -> bool:
     """True when the server has closed ``sock`` (EOF or reset), possibly after sending a response."""
     sock.settimeout(wait if wait > 0 else 0.001)

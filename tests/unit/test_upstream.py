@@ -11,27 +11,13 @@ def test_hop_by_hop_headers_are_not_copied():
 def test_a_connect_timeout_means_the_worker_was_never_reached():
     """A worker that cannot be connected to in time never saw the request: another may take it (no 504)."""
     import asyncio
-    import socket
 
     import pytest
 
     from fastvlm_engine.router.upstream import Upstream, WorkerUnreachable
+    from tests.helpers.sockets import unaccepting_port
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(4):  # fill the accept queue; later connection attempts hang unanswered
-            filler = socket.socket()
-            filler.setblocking(False)
-            try:
-                filler.connect(("127.0.0.1", port))
-            except BlockingIOError:
-                pass
-            fillers.append(filler)
-
+    with unaccepting_port() as port:
         async def call() -> None:
             upstream = Upstream(connect_timeout_s=0.3)
             await upstream.start()
@@ -42,7 +28,3 @@ def test_a_connect_timeout_means_the_worker_was_never_reached():
 
         with pytest.raises(WorkerUnreachable):
             asyncio.run(call())
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
