@@ -183,6 +183,11 @@ class Settings(BaseSettings):
     video_fast_analysis_decode: bool = Field(False, description="Skip the deblocking filter while decoding "
                                              "(faster, slightly blockier frames).")
 
+    # --- video: speech, on-screen text, framing ---
+    image_fit: Literal["pad", "crop"] = Field(
+        "pad", description="How non-square images and frames reach the model: pad = whole, on a square of "
+        "the processor's mean colour (as Apple trained FastVLM); crop = the processor's centre crop.")
+
     # --- testing -------------------------------------------------------------------------------
     fault_injection: str = Field("", description="FOR TESTS ONLY, off when empty: faults a worker "
                                  "injects into itself, e.g. 'exit_at_startup@w1', 'crash_after=5', "

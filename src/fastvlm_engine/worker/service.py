@@ -37,6 +37,7 @@ from ..schemas import (
 from .faults import FaultInjector
 
 if TYPE_CHECKING:  # torch loads in WorkerService.load, after the HTTP port is already open
+    from ..engine.framing import ImageFit
     from ..engine.model import FastVLM, Generation, PreparedInput
 
 __all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "WorkerService", "WorkerState"]
@@ -203,7 +204,8 @@ class WorkerService:
     def _decode_and_prepare(self, vlm: FastVLM, data: bytes, prompt: str, max_new_tokens: int) -> _Prepared:
         image = decode_image(data, max_bytes=self.settings.max_image_bytes,
                              max_pixels=self.settings.max_image_pixels)
-        return _Prepared(image=image, item=vlm.prepare(image.image, prompt, max_new_tokens), prompt=prompt)
+        item = vlm.prepare(image.image, prompt, max_new_tokens, image_fit=self.settings.image_fit)
+        return _Prepared(image=image, item=item, prompt=prompt)
 
     async def predict_image(self, request: PredictImageRequest) -> PredictImageResponse:
         """Answer one /predict_image request (media from a path under the roots or base64)."""
@@ -242,7 +244,7 @@ class WorkerService:
         vlm, batcher = self.require_ready()
         self.faults.on_request()
         limit = self.settings.video_max_bytes
-        captioner = EngineCaptioner(vlm, batcher, self._observe_queue)
+        captioner = EngineCaptioner(vlm, batcher, self._observe_queue, image_fit=self.settings.image_fit)
         self.in_flight += 1
         try:
             if request.video_base64 is not None:
@@ -271,8 +273,8 @@ class WorkerService:
         from ..video import summarize_video
 
         vlm, batcher = self.require_ready()
-        return await summarize_video(path, self.settings, EngineCaptioner(vlm, batcher, self._observe_queue),
-                                     model_name=vlm.name)
+        captioner = EngineCaptioner(vlm, batcher, self._observe_queue, image_fit=self.settings.image_fit)
+        return await summarize_video(path, self.settings, captioner, model_name=vlm.name)
 
     async def _run(self, prepared: _Prepared, started: float) -> PredictImageResponse:
         vlm, batcher = self.require_ready()
@@ -296,16 +298,18 @@ class EngineCaptioner:
     one video's frames share batches with each other and with concurrent image requests."""
 
     def __init__(self, vlm: FastVLM, batcher: Batcher[PreparedInput, Generation],
-                 on_result: Callable[[BatchResult[Generation]], None] | None = None) -> None:
+                 on_result: Callable[[BatchResult[Generation]], None] | None = None, *,
+                 image_fit: ImageFit = "pad") -> None:
         self.vlm = vlm
         self.batcher = batcher
+        self.image_fit = image_fit
         self._on_result = on_result or (lambda result: None)
 
     async def caption(self, images: Sequence[Image.Image], prompts: Sequence[str],
                       max_new_tokens: int) -> list[str]:
         items = await asyncio.to_thread(
-            lambda: [self.vlm.prepare(image, prompt, max_new_tokens) for image, prompt in zip(images, prompts,
-                                                                                            strict=True)])
+            lambda: [self.vlm.prepare(image, prompt, max_new_tokens, image_fit=self.image_fit)
+                     for image, prompt in zip(images, prompts, strict=True)])
         results = await self.batcher.run_many(items)
         for result in results:
             self._on_result(result)
