@@ -157,7 +157,8 @@ class Settings(BaseSettings):
     video_max_keyframes: int = Field(24, ge=1, le=256, description="Most frames captioned per video.")
     video_seconds_per_keyframe: float = Field(2.0, gt=0, description="Frame budget grows by one keyframe "
                                               "per this many seconds of video, up to video_max_keyframes.")
-    video_min_scene_sec: float = Field(0.5, ge=0, description="Shortest scene a cut may create.")
+    video_min_scene_sec: float = Field(0.15, ge=0, description="Shortest scene a cut may create; a change that "
+                                       "reverts sooner is a flash, not a cut.")
     video_cut_luma_threshold: float = Field(0.10, gt=0, le=1, description="Mean absolute luma change "
                                             "(0..1) between frames that counts as a hard cut.")
     video_cut_hist_threshold: float = Field(0.5, gt=0, le=1, description="Colour-histogram distance (0..1) "

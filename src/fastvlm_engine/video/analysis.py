@@ -197,17 +197,22 @@ class _Pass:
         new_cuts = self.detector.push(features)
         self.clock.lap("scene_detection")
 
+        self.signals.push(features)
         for cut in new_cuts:
             self.pool.note_cut(cut.t, t)
+            if cut.kind == "hard":
+                self.signals.discount_cut(cut.luma_diff)
         self.cuts.extend(new_cuts)
-        self.signals.push(features, is_cut=any(c.index == index for c in new_cuts))
         if self.pool.wants(t):
             self.pool.offer(frame, index, t)
         self.frames += 1
         self.clock.lap("frame_extraction")
 
     def finish(self) -> None:
-        self.cuts.extend(self.detector.flush())
+        for cut in self.detector.flush():
+            self.cuts.append(cut)
+            if cut.kind == "hard":
+                self.signals.discount_cut(cut.luma_diff)
         if self.frames > 1 and self.last_t > self.first_t:
             self.frame_seconds = (self.last_t - self.first_t) / (self.frames - 1)
 
