@@ -188,6 +188,29 @@ class Settings(BaseSettings):
     image_fit: Literal["pad", "crop"] = Field(
         "pad", description="How non-square images and frames reach the model: pad = whole, on a square of "
         "the processor's mean colour (as Apple trained FastVLM); crop = the processor's centre crop.")
+    asr_model: str = Field("", description="Local folder or hub id of a Whisper checkpoint for the speech "
+                           "stage; empty = the built-in tiny random Whisper when FASTVLM_MODEL is empty too, "
+                           "otherwise no speech stage.")
+    asr_language: str = Field("", description="Spoken language code (e.g. en) passed to Whisper; empty = "
+                              "detect per 30 s window.")
+    asr_max_batch_size: int = Field(8, ge=1, le=64, description="Most 30 s audio windows in one Whisper "
+                                    "generate call.")
+    asr_max_new_tokens: int = Field(224, ge=1, le=440, description="Tokens Whisper may write per 30 s window.")
+    asr_vad: bool = Field(True, description="Skip silent audio: only stretches louder than "
+                          "asr_vad_threshold_db are sent to Whisper.")
+    asr_vad_threshold_db: float = Field(-45.0, ge=-100, le=0, description="Loudness (dBFS, per 30 ms) above "
+                                        "which audio counts as voiced.")
+    ocr_tesseract_cmd: str = Field("tesseract", min_length=1, description="Tesseract executable for on-screen "
+                                   "text (Debian: tesseract-ocr and tesseract-ocr-eng).")
+    ocr_language: str = Field("eng", pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$",
+                              description="Tesseract language(s), e.g. eng or eng+deu.")
+    ocr_min_confidence: float = Field(80.0, ge=0, le=100, description="Tesseract word confidence (0-100) a "
+                                      "line of on-screen text needs on average.")
+    ocr_max_extra_frames: int = Field(24, ge=0, le=256, description="Frames besides the keyframes read to "
+                                      "find when each on-screen text appears and disappears.")
+    ocr_timeout_s: float = Field(60.0, gt=0, description="Longest one Tesseract run may take.")
+    video_thumbnail_max_side: int = Field(192, ge=16, le=1024, description="Long side (px) of the keyframe "
+                                          "JPEGs a request gets with include_thumbnails.")
 
     # --- testing -------------------------------------------------------------------------------
     fault_injection: str = Field("", description="FOR TESTS ONLY, off when empty: faults a worker "
@@ -276,6 +299,12 @@ class Settings(BaseSettings):
             return self.tiny_model_dir
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         return cache / "fastvlm-engine" / "tiny-model"
+
+    @property
+    def tiny_asr_model_path(self) -> Path:
+        """Folder of the built-in tiny Whisper, next to the tiny FastVLM."""
+        tiny = self.tiny_model_path
+        return tiny.with_name(tiny.name + "-whisper")
 
     def body_limit(self, endpoint: str) -> int:
         """Largest request body for an endpoint: its media limit as base64 plus room for JSON."""

@@ -13,11 +13,11 @@ different images then give different, deterministic outputs.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Literal
+
+from .build_once import build_once
 
 __all__ = ["CHAT_TEMPLATE", "IMAGE_TOKEN", "TINY_MODEL_NAME", "build_tiny_model", "ensure_tiny_model"]
 
@@ -171,20 +171,5 @@ def build_tiny_model(out_dir: str | Path, *, image_size: int = 256,
 
 def ensure_tiny_model(out_dir: str | Path, *, image_size: int = 256) -> Path:
     """Build the tiny model into ``out_dir`` once; safe when several processes race for it."""
-    import fcntl
-
-    out = Path(out_dir)
-    marker = out / "FASTVLM_TINY_MODEL.txt"
-    if marker.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.is_file():
-            return out
-        staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        build_tiny_model(staging, image_size=image_size)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(staging, out)
-    return out
+    return build_once(out_dir, "FASTVLM_TINY_MODEL.txt",
+                      lambda staging: build_tiny_model(staging, image_size=image_size))

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from PIL import Image
 
@@ -37,14 +37,23 @@ from ..schemas import (
 from .faults import FaultInjector
 
 if TYPE_CHECKING:  # torch loads in WorkerService.load, after the HTTP port is already open
+    import numpy as np
+
     from ..engine.framing import ImageFit
     from ..engine.model import FastVLM, Generation, PreparedInput
+    from ..engine.whisper import PreparedWindow, WhisperASR, WindowTranscript
+    from ..video.pipeline import VideoOptions
+    from ..video.source import VideoSource
+    from ..video.tesseract import TesseractReader
 
-__all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "WorkerService", "WorkerState"]
+__all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "EngineTranscriber", "WorkerService", "WorkerState"]
 
 EXIT_DEVICE_FAILED = 4
 """Exit status after an out-of-memory or CUDA error: the device state is unknown, so the worker
 ends and the router replaces it instead of leaving it half-alive."""
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,9 @@ class WorkerService:
         self.state_reason = "loading the model"
         self.vlm: FastVLM | None = None
         self.batcher: Batcher[PreparedInput, Generation] | None = None
+        self.asr: WhisperASR | None = None
+        self.asr_batcher: Batcher[PreparedWindow, WindowTranscript] | None = None
+        self.text_reader: TesseractReader | None = None
         self.metrics = metrics
         self._ready = threading.Event()
 
@@ -112,6 +124,12 @@ class WorkerService:
                 max_queue_size=self.settings.max_queue_size, timeout_s=self.settings.inference_timeout_s,
                 observers=[self.metrics.batch] if self.metrics else [],
                 batch_context=tracing.batch_span).start()
+            self._load_asr()
+            from ..video.tesseract import TesseractReader
+
+            self.text_reader = TesseractReader(self.settings.ocr_tesseract_cmd, language=self.settings.ocr_language,
+                                               timeout_s=self.settings.ocr_timeout_s)
+            self.text_reader.unavailable_reason()  # warns once, at start-up, when Tesseract is missing
             if self.settings.warmup:
                 self._set_state(WorkerState.WARMING_UP, "running a warm-up generation")
                 self._warm_up()
@@ -124,6 +142,50 @@ class WorkerService:
         except Exception as exc:
             self._set_state(WorkerState.FAILED, f"start-up failed: {type(exc).__name__}: {exc}")
             raise
+
+    def asr_source(self) -> tuple[str, str | None] | None:
+        """(folder or hub id, display name) of the speech model, or None for no speech stage.
+
+        FASTVLM_ASR_MODEL wins; without it the built-in tiny FastVLM comes with the built-in tiny
+        Whisper (so the demo runs every stage), while real FastVLM weights come with none.
+        """
+        from ..engine.tiny_whisper import TINY_ASR_NAME, ensure_tiny_whisper
+
+        if self.settings.asr_model:
+            return self.settings.asr_model, None
+        if self.settings.model:
+            return None
+        return str(ensure_tiny_whisper(self.settings.tiny_asr_model_path)), TINY_ASR_NAME
+
+    def _load_asr(self) -> None:
+        from ..engine.whisper import WhisperASR
+
+        source = self.asr_source()
+        if source is None:
+            log.info("no speech model configured: videos get no transcript")
+            return
+        path, name = source
+        if name is not None:
+            log.warning("no FASTVLM_ASR_MODEL configured: the speech stage uses the built-in tiny random "
+                        "Whisper; its transcripts are meaningless")
+        settings = self.settings
+        self.asr = WhisperASR.load(path, device=settings.device, dtype=settings.dtype, name=name,
+                                   language=settings.asr_language, max_new_tokens=settings.asr_max_new_tokens)
+        self.asr_batcher = Batcher(
+            _exit_on_fatal(self.asr.transcribe), max_batch_size=settings.asr_max_batch_size,
+            max_batch_wait_s=settings.max_batch_wait_ms / 1000, max_queue_size=settings.max_queue_size,
+            timeout_s=settings.inference_timeout_s, name="asr").start()
+        if settings.warmup:
+            import numpy as np
+
+            silence = self.asr.prepare(np.zeros(self.asr.sample_rate, np.float32))
+            self.asr_batcher.submit(silence).result(timeout=settings.inference_timeout_s)
+
+    def transcriber(self) -> EngineTranscriber | None:
+        """The speech stage's engine, or None when this worker has no speech model."""
+        if self.asr is None or self.asr_batcher is None:
+            return None
+        return EngineTranscriber(self.asr, self.asr_batcher)
 
     def _warm_up(self) -> None:
         vlm, batcher = self.vlm, self.batcher
@@ -142,8 +204,9 @@ class WorkerService:
 
     def stop(self) -> None:
         self._set_state(WorkerState.STOPPING, "shutting down")
-        if self.batcher is not None:
-            self.batcher.stop()
+        for batcher in (self.batcher, self.asr_batcher):
+            if batcher is not None:
+                batcher.stop()
 
     @property
     def ready(self) -> bool:
@@ -239,23 +302,23 @@ class WorkerService:
 
     async def summarize_video(self, request: SummarizeVideoRequest) -> SummarizeVideoResponse:
         """Answer one /summarize_video request (a path under the roots or base64)."""
-        from ..video import summarize_video
+        from ..video.pipeline import VideoOptions
 
-        vlm, batcher = self.require_ready()
+        self.require_ready()
         self.faults.on_request()
         limit = self.settings.video_max_bytes
-        captioner = EngineCaptioner(vlm, batcher, self._observe_queue, image_fit=self.settings.image_fit)
+        options = VideoOptions(speech=request.speech, ocr=request.ocr, include_thumbnails=request.include_thumbnails)
         self.in_flight += 1
         try:
             if request.video_base64 is not None:
                 data = await asyncio.to_thread(decode_base64, request.video_base64, field="video_base64",
                                                max_bytes=limit)
-                result = await summarize_video(data, self.settings, captioner, model_name=vlm.name)
+                result = await self._summarize(data, options)
             else:
                 handle = await asyncio.to_thread(open_media, request.video_path or "", self.settings.media_roots,
                                                  limit)
                 try:
-                    result = await summarize_video(handle, self.settings, captioner, model_name=vlm.name)
+                    result = await self._summarize(handle, options)
                 finally:
                     handle.close()
         finally:
@@ -270,11 +333,16 @@ class WorkerService:
 
     async def summarize_file(self, path: str) -> SummarizeVideoResponse:
         """Summarize a local video the caller chose (the CLI's path: no media roots apply)."""
-        from ..video import summarize_video
+        return await self._summarize(path, None)
+
+    async def _summarize(self, source: VideoSource, options: VideoOptions | None) -> SummarizeVideoResponse:
+        from ..video.pipeline import VideoOptions, summarize_video
 
         vlm, batcher = self.require_ready()
         captioner = EngineCaptioner(vlm, batcher, self._observe_queue, image_fit=self.settings.image_fit)
-        return await summarize_video(path, self.settings, captioner, model_name=vlm.name)
+        return await summarize_video(source, self.settings, captioner, model_name=vlm.name,
+                                     transcriber=self.transcriber(), text_reader=self.text_reader,
+                                     options=options or VideoOptions())
 
     async def _run(self, prepared: _Prepared, started: float) -> PredictImageResponse:
         vlm, batcher = self.require_ready()
@@ -322,12 +390,27 @@ class EngineCaptioner:
         return result.output.text
 
 
-def _exit_on_fatal(run_batch: Callable[[Sequence[PreparedInput]], list[Generation]]
-                   ) -> Callable[[Sequence[PreparedInput]], list[Generation]]:
+class EngineTranscriber:
+    """The speech stage's view of Whisper: every window goes through the speech batcher, so the
+    windows of one video (and of concurrent videos) share generate calls."""
+
+    def __init__(self, asr: WhisperASR, batcher: Batcher[PreparedWindow, WindowTranscript]) -> None:
+        self.asr = asr
+        self.batcher = batcher
+        self.name = asr.name
+        self.sample_rate = asr.sample_rate
+        self.window_sec = asr.window_sec
+
+    async def transcribe(self, windows: Sequence[np.ndarray]) -> list[WindowTranscript]:
+        items = await asyncio.to_thread(lambda: [self.asr.prepare(window) for window in windows])
+        return [result.output for result in await self.batcher.run_many(items)]
+
+
+def _exit_on_fatal(run_batch: Callable[[Sequence[In]], list[Out]]) -> Callable[[Sequence[In]], list[Out]]:
     """End the process on out-of-memory or CUDA errors, with one clear log line."""
     from ..engine.model import is_fatal_device_error
 
-    def guarded(batch: Sequence[PreparedInput]) -> list[Generation]:
+    def guarded(batch: Sequence[In]) -> list[Out]:
         try:
             return run_batch(batch)
         except Exception as exc:
