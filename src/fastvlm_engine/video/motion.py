@@ -5,8 +5,8 @@ every pixel) nor from a title popping in (a large change in a small area). These
 by the cut detector on candidate frames only, answer two narrower questions:
 
 * :func:`aligned_mad` -- how different are the frames once the best translation of one onto the
-  other is found (a search over a quarter of the width and an eighth of the height, coarse on a
-  half-resolution grid, then refined)? Camera shake and pans mostly vanish; a cut does not.
+  other is found (phase correlation over a quarter of the width and an eighth of the height,
+  then refined)? Camera shake and pans mostly vanish; a cut does not.
 * :func:`changed_area` -- what share of the picture changed noticeably? A cut changes nearly all
   of it; an overlay, a hand or a caption bar only a band.
 * :func:`structure_correlation` -- is it the same picture, only brighter, darker or recoloured
@@ -27,6 +27,8 @@ __all__ = ["AREA_BLOCKS", "aligned_mad", "blend_coherence", "changed_area", "lum
 AREA_BLOCKS = 8
 """The grid is split into AREA_BLOCKS x AREA_BLOCKS blocks for :func:`changed_area`."""
 _MAX_SHIFT_X, _MAX_SHIFT_Y = 0.25, 0.125
+PEAKS = 6
+"""Phase-correlation peaks tried by :func:`aligned_mad` (motion blur weakens the true one)."""
 
 
 def _mad(a: np.ndarray, b: np.ndarray, dx: int, dy: int) -> float:
@@ -37,29 +39,42 @@ def _mad(a: np.ndarray, b: np.ndarray, dx: int, dy: int) -> float:
     return float(np.abs(a[ya:yb, xa:xb] - b[ya - dy:yb - dy, xa - dx:xb - dx]).mean())
 
 
-def _half(grid: np.ndarray) -> np.ndarray:
-    h, w = grid.shape[0] // 2 * 2, grid.shape[1] // 2 * 2
-    g = grid[:h, :w].astype(np.float32)
-    return 0.25 * (g[0::2, 0::2] + g[1::2, 0::2] + g[0::2, 1::2] + g[1::2, 1::2])
+def _peaks(a: np.ndarray, b: np.ndarray, max_dx: int, max_dy: int, count: int) -> list[tuple[int, int]]:
+    """The ``count`` strongest translations of ``b`` onto ``a`` by phase correlation, within range."""
+    fa = np.fft.rfft2(a - a.mean())
+    fb = np.fft.rfft2(b - b.mean())
+    cross = fa * np.conj(fb)
+    surface = np.fft.irfft2(cross / np.maximum(np.abs(cross), 1e-9), s=a.shape)
+    h, w = a.shape
+    dys = np.r_[0:max_dy + 1, h - max_dy:h] if max_dy else np.array([0])
+    dxs = np.r_[0:max_dx + 1, w - max_dx:w] if max_dx else np.array([0])
+    window = surface[np.ix_(dys, dxs)]
+    best = np.argsort(window, axis=None)[::-1][:count]
+    rows, cols = np.unravel_index(best, window.shape)
+    return [(int(dxs[c] if dxs[c] <= w // 2 else dxs[c] - w), int(dys[r] if dys[r] <= h // 2 else dys[r] - h))
+            for r, c in zip(rows, cols, strict=True)]
 
 
 def aligned_mad(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute luma difference (0..1) after the best translation of ``b`` onto ``a``.
 
-    Both are luma grids of one shape (0..255). Shifts up to a quarter of the width and an eighth
-    of the height are tried; the overlap always keeps at least half of the picture.
+    Both are luma grids of one shape (0..255). The candidate shifts -- up to a quarter of the
+    width and an eighth of the height -- come from phase correlation (the PEAKS strongest, each
+    refined by one sample); the smallest difference over them and no shift at all is returned.
     """
     if a.shape != b.shape:
         raise ValueError(f"grids differ in shape: {a.shape} vs {b.shape}")
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
     h, w = a.shape
-    if h < 8 or w < 8:
-        return _mad(a32, b32, 0, 0) / 255.0
-    ha, hb = _half(a32), _half(b32)
-    rx, ry = max(1, int(w * _MAX_SHIFT_X / 2)), max(1, int(h * _MAX_SHIFT_Y / 2))
-    _, cx, cy = min((_mad(ha, hb, dx, dy), dx, dy) for dy in range(-ry, ry + 1) for dx in range(-rx, rx + 1))
-    best = min(_mad(a32, b32, 2 * cx + ex, 2 * cy + ey) for ey in (-1, 0, 1) for ex in (-1, 0, 1))
-    return min(best, _mad(a32, b32, 0, 0)) / 255.0
+    best = _mad(a32, b32, 0, 0)
+    if h >= 8 and w >= 8:
+        for dx, dy in _peaks(a32, b32, int(w * _MAX_SHIFT_X), int(h * _MAX_SHIFT_Y), PEAKS):
+            for ey in (-1, 0, 1):
+                for ex in (-1, 0, 1):
+                    x, y = dx + ex, dy + ey
+                    if abs(x) <= w // 2 and abs(y) <= h // 2:
+                        best = min(best, _mad(a32, b32, x, y))
+    return best / 255.0
 
 
 def changed_area(a: np.ndarray, b: np.ndarray, level: float) -> float:
@@ -103,14 +118,22 @@ def structure_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((x * y).sum()) / denom if denom > 0 else 0.0
 
 
+MOTION_PAIRS = 6
+"""Frame pairs :func:`motion_share` looks at, evenly spread over the stretch."""
+
+
 def motion_share(grids: Sequence[np.ndarray | None]) -> float:
     """Share (0..1) of the frame-to-frame luma change over consecutive grids that moving the
-    picture explains: ~1 for a pan or swing, ~0 for a dissolve or fade. 0.0 when it cannot tell."""
+    picture explains: ~1 for a pan or swing, ~0 for a dissolve or fade. 0.0 when it cannot tell.
+    At most MOTION_PAIRS consecutive pairs, evenly spread, are compared."""
     usable = [g for g in grids if g is not None]
     if len(usable) < 2 or len({g.shape for g in usable}) != 1:
         return 0.0
+    pairs = list(zip(usable, usable[1:], strict=False))
+    if len(pairs) > MOTION_PAIRS:
+        pairs = [pairs[round(i * (len(pairs) - 1) / (MOTION_PAIRS - 1))] for i in range(MOTION_PAIRS)]
     raw = aligned = 0.0
-    for a, b in zip(usable, usable[1:], strict=False):
+    for a, b in pairs:
         raw += _mad(a.astype(np.float32), b.astype(np.float32), 0, 0) / 255.0
         aligned += aligned_mad(a, b)
     return 1.0 - aligned / raw if raw > 0 else 0.0
