@@ -177,8 +177,8 @@ class Settings(BaseSettings):
     video_summary_mode: Literal["model", "extractive"] = Field(
         "model", description="model: the VLM writes the summary from the captions; extractive: pick captions.")
     video_summary_max_new_tokens: int = Field(160, ge=1, description="Tokens for the video summary.")
-    video_summary_context_chars: int = Field(6000, ge=200, description="Most caption characters given to "
-                                             "the summary prompt.")
+    video_summary_context_chars: int = Field(6000, ge=200, description="Most timeline characters (captions, "
+                                             "speech, on-screen text) given to the summary prompt.")
     video_nsfw_flag_threshold: float = Field(0.8, ge=0, le=1, description="NSFW score that raises a flag.")
     video_nsfw_review_threshold: float = Field(0.5, ge=0, le=1, description="NSFW score that asks for review.")
     video_fast_analysis_decode: bool = Field(False, description="Skip the deblocking filter while decoding "
