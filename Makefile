@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test bench clean prometheus redis
+# Real components the tests run against (none is mocked): Prometheus (metrics), Redis (job queue,
+# cluster registry), Tesseract with its English data and the DejaVu fonts (on-screen text),
+# iproute2 (network namespaces for the multi-host tests).
+DEBIAN_PACKAGES := prometheus redis-server tesseract-ocr tesseract-ocr-eng fonts-dejavu-core iproute2
+
+.PHONY: serve test bench clean system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,21 +25,18 @@ serve: $(VENV)/.installed
 	$(BIN)/fastvlm sample-media media
 	FASTVLM_MEDIA_ROOTS="$${FASTVLM_MEDIA_ROOTS:-$(CURDIR)/media}" $(BIN)/fastvlm serve
 
-# The observability tests scrape with a real Prometheus server (Debian's package).
-prometheus:
-	@command -v prometheus >/dev/null || { \
+# Installs the missing ones with one apt-get update (as root), or says which are missing.
+system-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  else echo "install Prometheus (Debian: sudo apt-get install prometheus) for the observability tests"; exit 1; fi; }
+	    echo "installing Debian packages for the tests:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      $$missing >/dev/null; \
+	  else echo "the tests need these Debian packages: sudo apt-get install" $$missing; exit 1; fi; \
+	fi
 
-# The job store tests run against a real Redis server (Debian's package), started by the tests.
-redis:
-	@command -v redis-server >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
-	  else echo "install Redis (Debian: sudo apt-get install redis-server) for the job store tests"; exit 1; fi; }
-
-test: $(VENV)/.installed-test prometheus redis
+test: $(VENV)/.installed-test system-packages
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed-test

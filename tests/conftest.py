@@ -28,6 +28,14 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_asr_dir(tmp_path_factory) -> str:
+    """The built-in tiny Whisper, built once and loaded by the production loader."""
+    from fastvlm_engine.engine.tiny_whisper import build_tiny_whisper
+
+    return str(build_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper")))
+
+
+@pytest.fixture(scope="session")
 def vlm(tiny_model_dir):
     import torch
 

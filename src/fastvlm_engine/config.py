@@ -255,7 +255,8 @@ class Settings(BaseSettings):
     video_max_keyframes: int = Field(24, ge=1, le=256, description="Most frames captioned per video.")
     video_seconds_per_keyframe: float = Field(2.0, gt=0, description="Frame budget grows by one keyframe "
                                               "per this many seconds of video, up to video_max_keyframes.")
-    video_min_scene_sec: float = Field(0.5, ge=0, description="Shortest scene a cut may create.")
+    video_min_scene_sec: float = Field(0.15, ge=0, description="Shortest scene a cut may create; a change that "
+                                       "reverts sooner is a flash, not a cut.")
     video_cut_luma_threshold: float = Field(0.10, gt=0, le=1, description="Mean absolute luma change "
                                             "(0..1) between frames that counts as a hard cut.")
     video_cut_hist_threshold: float = Field(0.5, gt=0, le=1, description="Colour-histogram distance (0..1) "
@@ -274,8 +275,8 @@ class Settings(BaseSettings):
     video_summary_mode: Literal["model", "extractive"] = Field(
         "model", description="model: the VLM writes the summary from the captions; extractive: pick captions.")
     video_summary_max_new_tokens: int = Field(160, ge=1, description="Tokens for the video summary.")
-    video_summary_context_chars: int = Field(6000, ge=200, description="Most caption characters given to "
-                                             "the summary prompt.")
+    video_summary_context_chars: int = Field(6000, ge=200, description="Most timeline characters (captions, "
+                                             "speech, on-screen text) given to the summary prompt.")
     video_nsfw_flag_threshold: float = Field(0.8, ge=0, le=1, description="NSFW score that raises a flag.")
     video_nsfw_review_threshold: float = Field(0.5, ge=0, le=1, description="NSFW score that asks for review.")
     video_fast_analysis_decode: bool = Field(False, description="Skip the deblocking filter while decoding "
@@ -313,6 +314,34 @@ class Settings(BaseSettings):
 
         parse_queue_url(value)
         return value.strip()
+
+    # --- video: speech, on-screen text, framing ---
+    image_fit: Literal["pad", "crop"] = Field(
+        "pad", description="How non-square images and frames reach the model: pad = whole, on a square of "
+        "the processor's mean colour (as Apple trained FastVLM); crop = the processor's centre crop.")
+    asr_model: str = Field("", description="Local folder or hub id of a Whisper checkpoint for the speech "
+                           "stage; empty = the built-in tiny random Whisper when FASTVLM_MODEL is empty too, "
+                           "otherwise no speech stage.")
+    asr_language: str = Field("", description="Spoken language code (e.g. en) passed to Whisper; empty = "
+                              "detect per 30 s window.")
+    asr_max_batch_size: int = Field(8, ge=1, le=64, description="Most 30 s audio windows in one Whisper "
+                                    "generate call.")
+    asr_max_new_tokens: int = Field(224, ge=1, le=440, description="Tokens Whisper may write per 30 s window.")
+    asr_vad: bool = Field(True, description="Skip silent audio: only stretches louder than "
+                          "asr_vad_threshold_db are sent to Whisper.")
+    asr_vad_threshold_db: float = Field(-45.0, ge=-100, le=0, description="Loudness (dBFS, per 30 ms) above "
+                                        "which audio counts as voiced.")
+    ocr_tesseract_cmd: str = Field("tesseract", min_length=1, description="Tesseract executable for on-screen "
+                                   "text (Debian: tesseract-ocr and tesseract-ocr-eng).")
+    ocr_language: str = Field("eng", pattern=r"^[A-Za-z_]+(\+[A-Za-z_]+)*$",
+                              description="Tesseract language(s), e.g. eng or eng+deu.")
+    ocr_min_confidence: float = Field(80.0, ge=0, le=100, description="Tesseract word confidence (0-100) a "
+                                      "line of on-screen text needs on average.")
+    ocr_max_extra_frames: int = Field(24, ge=0, le=256, description="Frames besides the keyframes read to "
+                                      "find when each on-screen text appears and disappears.")
+    ocr_timeout_s: float = Field(60.0, gt=0, description="Longest one Tesseract run may take.")
+    video_thumbnail_max_side: int = Field(192, ge=16, le=1024, description="Long side (px) of the keyframe "
+                                          "JPEGs a request gets with include_thumbnails.")
 
     # --- testing -------------------------------------------------------------------------------
     fault_injection: str = Field("", description="FOR TESTS ONLY, off when empty: faults a worker "
@@ -407,6 +436,12 @@ class Settings(BaseSettings):
     def media_limit(self, kind: str) -> int:
         """Largest image or video, in bytes."""
         return self.max_image_bytes if kind == "image" else self.video_max_bytes
+
+    @property
+    def tiny_asr_model_path(self) -> Path:
+        """Folder of the built-in tiny Whisper, next to the tiny FastVLM."""
+        tiny = self.tiny_model_path
+        return tiny.with_name(tiny.name + "-whisper")
 
     def body_limit(self, endpoint: str) -> int:
         """Largest body for routes read whole; media endpoints enforce their own, per form."""

@@ -11,6 +11,12 @@ from .errors import ERROR_CODES
 __all__ = [
     "MEDIA_KINDS",
     "Caption",
+    "OnScreenText",
+    "SceneCaption",
+    "Speech",
+    "SpeechSegment",
+    "StageReport",
+    "VideoStages",
     "ErrorBody",
     "ErrorDetail",
     "ImageInfo",
@@ -125,6 +131,11 @@ class PredictImageResponse(BaseModel):
 class VideoOptions(_Strict):
     """Everything /summarize_video takes besides the video itself."""
 
+    speech: bool = Field(True, description="Transcribe the audio track (false: skip the speech stage).")
+    ocr: bool = Field(True, description="Read the text shown on screen (false: skip the OCR stage).")
+    include_thumbnails: bool = Field(False, description="Add a small JPEG (base64) of every keyframe to "
+                                     "its caption, for UIs.")
+
 
 class SummarizeVideoRequest(VideoOptions):
     """Describe a short video: scenes, keyframe captions, summary, safety flags and tags (the JSON
@@ -149,23 +160,69 @@ class VideoInfo(BaseModel):
     frames_total: int = Field(description="Frames decoded.")
 
 
+class SpeechSegment(BaseModel):
+    start_sec: float = Field(description="Video time (s) the words start.")
+    end_sec: float
+    text: str
+
+
+class OnScreenText(BaseModel):
+    text: str = Field(description="A line of text shown on screen, as read (best reading across frames).")
+    start_sec: float = Field(description="When it appears (video time, to within half the frames' spacing).")
+    end_sec: float = Field(description="When it disappears.")
+    confidence: float = Field(description="Mean OCR word confidence over the frames it was read in, 0..1.")
+
+
+class SceneCaption(BaseModel):
+    timestamp_sec: float
+    caption: str
+
+
 class Scene(BaseModel):
     start_sec: float
     end_sec: float
+    captions: list[SceneCaption] = Field(default_factory=list, description="Its keyframes' captions.")
+    speech: list[SpeechSegment] = Field(default_factory=list, description="Speech segments overlapping it.")
+    on_screen_text: list[OnScreenText] = Field(default_factory=list, description="On-screen text overlapping it.")
 
 
 class Caption(BaseModel):
     timestamp_sec: float
     scene: int = Field(description="Index into scenes.")
     caption: str
+    thumbnail_jpeg_base64: str | None = Field(None, description="The keyframe as a small JPEG, base64 "
+                                              "(only with include_thumbnails).")
+
+
+class Speech(BaseModel):
+    language: str | None = Field(None, description="Spoken language (code) as detected, or as configured.")
+    segments: list[SpeechSegment] = Field(default_factory=list, description="Timestamped transcript, in time order.")
+    model: str | None = Field(None, description="The speech model.")
+    windows: int = Field(0, description="Audio windows (at most 30 s each) sent to the speech model.")
+    audio_sec: float = Field(0.0, description="Length of the decoded audio track.")
+    voiced_sec: float = Field(0.0, description="Audio loud enough to transcribe (all of it without the gate).")
+
+
+class StageReport(BaseModel):
+    status: Literal["done", "off", "skipped", "unavailable", "failed"] = Field(
+        description="done: ran (its result may be empty, see reason); off: the request switched it off; "
+        "skipped: not configured on this server; unavailable: a tool it needs is missing; failed: it broke.")
+    reason: str | None = Field(None, description="Why it did not run, or why its result is empty.")
+
+
+class VideoStages(BaseModel):
+    speech: StageReport = Field(default_factory=lambda: StageReport(status="off"))
+    ocr: StageReport = Field(default_factory=lambda: StageReport(status="off"))
 
 
 class SafetyFlag(BaseModel):
     category: str = Field(description="e.g. nsfw, violence, weapons, drugs, self_harm.")
     level: Literal["flag", "review"]
-    source: str = Field(description="What raised it, e.g. 'opennsfw' or 'caption_lexicon'.")
+    source: str = Field(description="What raised it: 'opennsfw', or a lexicon over 'caption_lexicon', "
+                        "'speech_lexicon' or 'on_screen_text_lexicon'.")
     score: float
-    frames: list[float] = Field(description="Timestamps (s) of the frames involved.")
+    frames: list[float] = Field(description="Timestamps (s) of the frames, speech segments or on-screen "
+                                "texts involved.")
     evidence: list[str] = Field(default_factory=list, description="Matched words, for lexicon flags.")
 
 
@@ -178,6 +235,9 @@ class VideoTiming(BaseModel):
     summary_sec: float
     tags_sec: float
     safety_sec: float
+    asr_sec: float = Field(0.0, description="Speech stage: audio decoding, voice gate and Whisper "
+                           "(overlaps captioning).")
+    ocr_sec: float = Field(0.0, description="On-screen text stage (overlaps captioning).")
     total_sec: float
 
 
@@ -192,6 +252,10 @@ class SummarizeVideoResponse(BaseModel):
     safety_flags: list[SafetyFlag]
     vibe_tags: list[str]
     visual_tags: list[str]
+    speech: Speech = Field(default_factory=Speech)
+    on_screen_text: list[OnScreenText] = Field(default_factory=list, description="Text shown on screen, "
+                                               "deduplicated across frames, in time order.")
+    stages: VideoStages = Field(default_factory=VideoStages, description="Whether speech and OCR ran, and why not.")
     model: str
     timing: VideoTiming
 

@@ -19,7 +19,7 @@ from tests.helpers.procs import free_port, http, start_router, wait_until, wait_
 pytestmark = pytest.mark.integration
 
 VIDEO_STAGES = {"stats", "scene_detection", "frame_extraction", "dedupe", "captioning", "summary", "tags", "safety",
-                "total"}
+                "asr", "ocr", "total"}
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +178,8 @@ def test_one_request_is_one_trace_across_client_router_and_worker(tmp_path, tiny
             expected_worker = {"POST /summarize_video", "video.analysis", "video.stats", "video.scene_detection",
                                "video.frame_extraction", "video.dedupe", "video.captioning", "inference",
                                "video.summary", "video.tags", "video.safety.nsfw", "video.safety.lexicon"}
+            if shutil.which("tesseract"):
+                expected_worker.add("video.ocr")
 
             def arrived() -> bool:
                 spans = receiver.store.spans(trace_id)

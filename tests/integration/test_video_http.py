@@ -15,9 +15,9 @@ from tests.helpers.procs import http, start_worker, wait_ready
 pytestmark = pytest.mark.integration
 
 DOCUMENT_KEYS = {"video", "scenes", "scenes_detected", "frames_used", "captions", "summary", "summary_source",
-                 "safety_flags", "vibe_tags", "visual_tags", "model", "timing"}
+                 "safety_flags", "vibe_tags", "visual_tags", "speech", "on_screen_text", "stages", "model", "timing"}
 TIMING_KEYS = {"stats_sec", "scene_detection_sec", "frame_extraction_sec", "dedupe_sec", "captioning_sec",
-               "summary_sec", "tags_sec", "safety_sec", "total_sec"}
+               "summary_sec", "tags_sec", "safety_sec", "asr_sec", "ocr_sec", "total_sec"}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,9 @@ def check_document(doc: dict, clip: videos.VideoFixture) -> None:
     assert isinstance(doc["summary"], str) and doc["summary_source"] in ("model", "extractive")
     assert all(flag["source"] and flag["level"] in ("flag", "review") for flag in doc["safety_flags"])
     assert doc["timing"]["total_sec"] > 0
+    # FASTVLM_MODEL is set and FASTVLM_ASR_MODEL is not: no speech stage, and the document says why.
+    assert doc["stages"]["speech"]["status"] == "skipped" and "FASTVLM_ASR_MODEL" in doc["stages"]["speech"]["reason"]
+    assert doc["speech"]["segments"] == []
 
 
 def test_known_cuts_are_exact(worker, clips):

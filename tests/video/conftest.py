@@ -7,6 +7,8 @@ import pytest
 from fastvlm_engine.config import Settings
 from fastvlm_engine.video.safety import SafetyChecker
 from tests.fixtures import videos
+from tests.fixtures.social import Overlay, SocialFixture, make_social_video
+from tests.fixtures.videos import SceneSpec
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +76,34 @@ def zero_frame_video(video_dir) -> videos.VideoFixture:
 def safety_checker() -> SafetyChecker:
     """One real opennsfw session for the whole run."""
     return SafetyChecker()
+
+
+@pytest.fixture(scope="session")
+def asr(tiny_asr_dir):
+    import torch
+
+    torch.set_num_threads(1)
+    from fastvlm_engine.engine.whisper import WhisperASR
+
+    return WhisperASR.load(tiny_asr_dir, device="cpu", max_new_tokens=48)
+
+
+@pytest.fixture(scope="session")
+def speech_video(video_dir) -> SocialFixture:
+    """6 s, two shots, speech-like sound at 0.5-2.0 s and 3.2-5.0 s, audio starting 0.3 s late."""
+    return make_social_video(video_dir, "speech", [SceneSpec("chelsea", 3.0), SceneSpec("rocket", 3.0)],
+                             size=(180, 320), bursts=[(0.5, 2.0), (3.2, 5.0)], audio_delay_sec=0.3)
+
+
+@pytest.fixture(scope="session")
+def titled_video(video_dir) -> SocialFixture:
+    """6 s, two shots, a title across the cut and a second line to the end, speech under both."""
+    return make_social_video(video_dir, "titled", [SceneSpec("chelsea", 3.0), SceneSpec("rocket", 3.0)],
+                             overlays=[Overlay("BIG SALE TODAY", 1.0, 3.5), Overlay("link in bio", 4.0, 6.0, y=0.8)],
+                             bursts=[(0.5, 2.0), (3.2, 5.0)])
+
+
+@pytest.fixture(scope="session")
+def silent_video(video_dir) -> SocialFixture:
+    """3 s with an audio track of digital silence."""
+    return make_social_video(video_dir, "silent", [SceneSpec("coffee", 3.0)], size=(160, 96), bursts=[])

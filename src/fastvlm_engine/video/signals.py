@@ -72,14 +72,21 @@ class SignalAccumulator:
         self._motion = 0.0
         self._motion_frames = 0
 
-    def push(self, features: FrameFeatures, *, is_cut: bool = False) -> None:
-        """Add one frame; ``is_cut`` frames do not count towards motion."""
+    def push(self, features: FrameFeatures) -> None:
+        """Add one frame."""
         self._frames += 1
         self._luma += features.luma_mean
         self._colour += features.colourfulness
-        if features.index > 0 and not is_cut:
+        if features.index > 0:
             self._motion += features.luma_diff
             self._motion_frames += 1
+
+    def discount_cut(self, luma_diff: float) -> None:
+        """Take a hard cut's frame back out of the motion mean (cuts are decided a few frames
+        after they are pushed; a cut's jump is not camera motion)."""
+        if self._motion_frames:
+            self._motion -= luma_diff
+            self._motion_frames -= 1
 
     def result(self, *, duration: float, cuts: int) -> VisualSignals:
         frames = max(1, self._frames)

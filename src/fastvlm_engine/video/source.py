@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 import av
 import av.error
@@ -33,10 +33,12 @@ from ..errors import EngineError, InvalidVideo, MediaNotFound, MediaTooLarge, Un
 
 __all__ = [
     "ALLOWED_DEMUXERS",
+    "OpenedAudio",
     "OpenedVideo",
     "VideoSource",
     "looks_like_video_container",
     "media_errors",
+    "open_audio",
     "open_video",
 ]
 
@@ -101,8 +103,32 @@ def media_errors(*, container_like: bool, opening: bool = False) -> Iterator[Non
         raise InvalidVideo(_BROKEN) from exc
 
 
+def _close(container: av.container.InputContainer, owned_file: BinaryIO | None) -> None:
+    with contextlib.suppress(Exception):
+        container.close()
+    if owned_file is not None:
+        with contextlib.suppress(Exception):
+            owned_file.close()
+
+
+class _Opened:
+    """Closes the container, then the file we opened for it (if we did)."""
+
+    container: av.container.InputContainer
+    _owned_file: BinaryIO | None
+
+    def close(self) -> None:
+        _close(self.container, self._owned_file)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 @dataclass
-class OpenedVideo:
+class OpenedVideo(_Opened):
     """An open container with its chosen video stream; close() releases both."""
 
     container: av.container.InputContainer
@@ -111,18 +137,14 @@ class OpenedVideo:
     size_bytes: int
     _owned_file: BinaryIO | None
 
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.container.close()
-        if self._owned_file is not None:
-            with contextlib.suppress(Exception):
-                self._owned_file.close()
 
-    def __enter__(self) -> OpenedVideo:
-        return self
+@dataclass
+class OpenedAudio(_Opened):
+    """An open container with its chosen audio stream; close() releases both."""
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    container: av.container.InputContainer
+    stream: av.audio.stream.AudioStream
+    _owned_file: BinaryIO | None
 
 
 def _file_object(source: VideoSource, max_bytes: int) -> tuple[BinaryIO, BinaryIO | None, int]:
@@ -168,13 +190,9 @@ def _pick_video_stream(container: av.container.InputContainer) -> av.video.strea
     return (defaults or streams)[0]
 
 
-def open_video(source: VideoSource, *, max_bytes: int, max_frame_pixels: int) -> OpenedVideo:
-    """Open ``source`` and pick its first video stream, or raise a media error.
-
-    Raises MediaTooLarge (file size, or a coded frame size over ``max_frame_pixels``),
-    UnsupportedMedia (not a video container, or no video stream), InvalidVideo (empty or
-    unreadable container) or MediaNotFound (a path that cannot be opened).
-    """
+def _open_container(source: VideoSource, max_bytes: int
+                    ) -> tuple[av.container.InputContainer, bool, int, BinaryIO | None]:
+    """(container, looks like a video container, size in bytes, file we must close or None)."""
     handle, owned, size = _file_object(source, max_bytes)
     try:
         if size == 0:
@@ -186,19 +204,45 @@ def open_video(source: VideoSource, *, max_bytes: int, max_frame_pixels: int) ->
         with media_errors(container_like=container_like, opening=True):
             container = av.open(handle, mode="r", options={"format_whitelist": ",".join(ALLOWED_DEMUXERS)},
                                 metadata_errors="replace", buffer_size=IO_BUFFER_BYTES)
-        try:
-            with media_errors(container_like=True):
-                stream = _pick_video_stream(container)
-                context = stream.codec_context
-                width, height = int(context.width or 0), int(context.height or 0)
-                if width * height > max_frame_pixels:
-                    raise MediaTooLarge(f"The video frames are {width}x{height} pixels; the limit is "
-                                        f"{max_frame_pixels} pixels per frame.")
-        except BaseException:
-            container.close()
-            raise
-        return OpenedVideo(container, stream, container_like, size, owned)
+        return container, container_like, size, owned
     except BaseException:
         if owned is not None:
             owned.close()
         raise
+
+
+def open_video(source: VideoSource, *, max_bytes: int, max_frame_pixels: int) -> OpenedVideo:
+    """Open ``source`` and pick its first video stream, or raise a media error.
+
+    Raises MediaTooLarge (file size, or a coded frame size over ``max_frame_pixels``),
+    UnsupportedMedia (not a video container, or no video stream), InvalidVideo (empty or
+    unreadable container) or MediaNotFound (a path that cannot be opened).
+    """
+    container, container_like, size, owned = _open_container(source, max_bytes)
+    try:
+        with media_errors(container_like=True):
+            stream = _pick_video_stream(container)
+            context = stream.codec_context
+            width, height = int(context.width or 0), int(context.height or 0)
+            if width * height > max_frame_pixels:
+                raise MediaTooLarge(f"The video frames are {width}x{height} pixels; the limit is "
+                                    f"{max_frame_pixels} pixels per frame.")
+    except BaseException:
+        _close(container, owned)
+        raise
+    return OpenedVideo(container, stream, container_like, size, owned)
+
+
+def open_audio(source: VideoSource, *, max_bytes: int) -> OpenedAudio | None:
+    """Open ``source`` and pick its default (else first) audio stream; None when it has none.
+
+    Raises the same media errors as :func:`open_video` for a file that cannot be opened.
+    """
+    container, _, _, owned = _open_container(source, max_bytes)
+    with media_errors(container_like=True):
+        streams = list(container.streams.audio)
+    if not streams:
+        _close(container, owned)
+        return None
+    defaults = [s for s in streams if s.disposition & av.stream.Disposition.default]
+    return OpenedAudio(container, (defaults or streams)[0], owned)

@@ -1,9 +1,10 @@
 """Text side of the video summary: the bounded summary prompt and the extractive fallback.
 
-The model writes the summary from the timestamped frame captions alone (a text-only
-generation), so the prompt must stay within ``video_summary_context_chars``. When captions do
-not fit, every caption is shortened equally at a word boundary; when even short captions do not
-fit, an evenly spaced subset is kept. Timestamps are always kept, so the model can order events.
+The model writes the summary from the video's timeline -- timestamped frame captions, what is
+said and the text on screen, interleaved in time order -- in a text-only generation, so the
+prompt must stay within ``video_summary_context_chars``. When the timeline does not fit, every
+entry is shortened equally at a word boundary; when even short entries do not fit, an evenly
+spaced subset is kept. Timestamps are always kept, so the model can order events.
 
 The extractive summary (``video_summary_mode = "extractive"``, or when the model returns
 nothing) greedily picks a few captions that are representative yet different from each other by
@@ -14,14 +15,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 __all__ = [
     "EXTRACTIVE_MAX_CAPTIONS",
     "MIN_CAPTION_CHARS",
+    "TimelineEntry",
     "build_summary_prompt",
     "caption_lines",
     "extractive_summary",
     "format_timestamp",
+    "timeline_lines",
 ]
 
 MIN_CAPTION_CHARS = 40
@@ -31,8 +35,8 @@ EXTRACTIVE_MAX_CAPTIONS = 3
 EXTRACTIVE_MIN_NOVELTY = 0.2
 """A caption sharing more than 80 % of its words (Jaccard) with a chosen one adds nothing."""
 
-_PROMPT_HEAD = ("Below are descriptions of frames from a {duration} video, each with the time of the "
-                "frame.\n\n")
+_PROMPT_HEAD = ("Below is the timeline of a {duration} video: descriptions of its frames, what is said "
+                "('says') and text shown on screen ('on screen'), each with its time.\n\n")
 _PROMPT_TAIL = ("\n\nWrite a short summary of the whole video in two or three sentences: what happens, "
                 "who or what appears, and the setting. Do not mention frames or timestamps.")
 _WORD = re.compile(r"[a-z0-9']+")
@@ -57,28 +61,43 @@ def _shorten(text: str, limit: int) -> str:
     return cut.rstrip(" ,;:.") + "…"
 
 
-def caption_lines(captions: Sequence[tuple[float, str]], max_chars: int) -> list[str]:
-    """'[12.4s] caption' lines, whose total length (with newlines) is at most ``max_chars``.
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One line of the summary prompt: sorted by ``t``, shown as ``[stamp] text``."""
 
-    All captions are kept when they fit; otherwise each is shortened to an equal share; when a
+    t: float
+    stamp: str
+    text: str
+
+
+def caption_lines(captions: Sequence[tuple[float, str]], max_chars: int) -> list[str]:
+    """'[12.4s] caption' lines, whose total length (with newlines) is at most ``max_chars``."""
+    return timeline_lines([TimelineEntry(t, format_timestamp(t), text) for t, text in captions], max_chars)
+
+
+def timeline_lines(entries: Sequence[TimelineEntry], max_chars: int) -> list[str]:
+    """'[stamp] text' lines in time order, whose total length (with newlines) is at most ``max_chars``.
+
+    All entries are kept when they fit; otherwise each is shortened to an equal share; when a
     share would fall below :data:`MIN_CAPTION_CHARS`, an evenly spaced subset is kept instead.
     """
     if max_chars < 1:
         raise ValueError(f"max_chars must be >= 1, got {max_chars}")
-    items = [(t, " ".join(text.split())) for t, text in captions if text and text.strip()]
+    items = [TimelineEntry(e.t, e.stamp, " ".join(e.text.split()))
+             for e in sorted(entries, key=lambda e: e.t) if e.text and e.text.strip()]
     if not items:
         return []
 
-    def line(t: float, text: str) -> str:
-        return f"[{format_timestamp(t)}] {text}"
+    def line(entry: TimelineEntry, text: str) -> str:
+        return f"[{entry.stamp}] {text}"
 
     def total(lines: list[str]) -> int:
         return sum(len(x) for x in lines) + max(0, len(lines) - 1)
 
-    full = [line(t, text) for t, text in items]
+    full = [line(e, e.text) for e in items]
     if total(full) <= max_chars:
         return full
-    prefix = max(len(line(t, "")) for t, _ in items) + 1  # "[123.4s] " plus the newline
+    prefix = max(len(line(e, "")) for e in items) + 1  # "[123.4s] " plus the newline
     keep = len(items)
     while keep > 1 and max_chars // keep - prefix < MIN_CAPTION_CHARS:
         keep -= 1
@@ -86,24 +105,33 @@ def caption_lines(captions: Sequence[tuple[float, str]], max_chars: int) -> list
         step = len(items) / keep
         items = [items[int(i * step + step / 2)] for i in range(keep)]
     share = max(1, max_chars // len(items) - prefix)
-    lines = [line(t, _shorten(text, share)) for t, text in items]
-    while lines and total(lines) > max_chars:  # only when even one caption is too long
+    lines = [line(e, _shorten(e.text, share)) for e in items]
+    while lines and total(lines) > max_chars:  # only when even one entry is too long
         lines[-1] = lines[-1][:max(0, len(lines[-1]) - (total(lines) - max_chars))]
         if not lines[-1]:
             lines.pop()
     return lines
 
 
-def build_summary_prompt(captions: Sequence[tuple[float, str]], *, duration: float,
-                         max_chars: int) -> str:
-    """The text-only prompt asking the model to summarise the video from its captions.
+def build_summary_prompt(captions: Sequence[tuple[float, str]], *, duration: float, max_chars: int,
+                         speech: Sequence[tuple[float, float, str]] = (),
+                         on_screen: Sequence[tuple[float, float, str]] = ()) -> str:
+    """The text-only prompt asking the model to summarise the video from its timeline.
 
-    ``max_chars`` bounds the caption part (``video_summary_context_chars``); the fixed
-    instructions around it add about 300 characters.
+    The timeline interleaves, in time order, the frame captions ``(t, caption)``, what is said
+    and the text shown on screen ``(start, end, text)``. ``max_chars`` bounds the timeline part
+    (``video_summary_context_chars``); the fixed instructions around it add about 400 characters.
     """
-    lines = caption_lines(captions, max_chars)
+    entries = [TimelineEntry(t, format_timestamp(t), text) for t, text in captions]
+    entries += [TimelineEntry(start, _span(start, end), f'says: "{text}"') for start, end, text in speech]
+    entries += [TimelineEntry(start, _span(start, end), f'on screen: "{text}"') for start, end, text in on_screen]
+    lines = timeline_lines(entries, max_chars)
     head = _PROMPT_HEAD.format(duration=f"{max(0.0, duration):.1f}-second")
     return head + "\n".join(lines) + _PROMPT_TAIL
+
+
+def _span(start: float, end: float) -> str:
+    return f"{format_timestamp(start)}-{format_timestamp(end)}"
 
 
 def _words(text: str) -> frozenset[str]:

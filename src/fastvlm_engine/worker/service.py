@@ -33,17 +33,26 @@ from ..schemas import (
     PredictImageResponse,
     SummarizeVideoResponse,
     Usage,
+    VideoOptions,
 )
 from .faults import FaultInjector
 
 if TYPE_CHECKING:  # torch loads in WorkerService.load, after the HTTP port is already open
+    import numpy as np
+
+    from ..engine.batcher import Batcher
+    from ..engine.framing import ImageFit
     from ..engine.handle import GenerationResult, RequestHandle
     from ..engine.model import FastVLM, PreparedInput
     from ..engine.model_info import ModelInfo
     from ..engine.sampling import SamplingParams
     from ..engine.scheduler import Scheduler
+    from ..engine.whisper import PreparedWindow, WhisperASR, WindowTranscript
+    from ..video.source import VideoSource
+    from ..video.tesseract import TesseractReader
 
-__all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "PreparedImage", "WorkerService", "WorkerState"]
+__all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "EngineTranscriber", "PreparedImage", "WorkerService",
+           "WorkerState"]
 
 EXIT_DEVICE_FAILED = 4
 """Exit status after an out-of-memory or CUDA error: the device state is unknown, so the worker
@@ -86,6 +95,9 @@ class WorkerService:
         self.state_reason = "loading the model"
         self.vlm: FastVLM | None = None
         self.scheduler: Scheduler | None = None
+        self.asr: WhisperASR | None = None
+        self.asr_batcher: Batcher[PreparedWindow, WindowTranscript] | None = None
+        self.text_reader: TesseractReader | None = None
         self.metrics = metrics
         self._ready = threading.Event()
 
@@ -120,6 +132,12 @@ class WorkerService:
                                                      step_observers=observers).start()
             if self.metrics is not None:
                 self.metrics.watch_engine(self.scheduler.stats)
+            self._load_asr()
+            from ..video.tesseract import TesseractReader
+
+            self.text_reader = TesseractReader(self.settings.ocr_tesseract_cmd, language=self.settings.ocr_language,
+                                               timeout_s=self.settings.ocr_timeout_s)
+            self.text_reader.unavailable_reason()  # warns once, at start-up, when Tesseract is missing
             if self.settings.warmup:
                 self._set_state(WorkerState.WARMING_UP, "running a warm-up generation")
                 self._warm_up()
@@ -132,6 +150,52 @@ class WorkerService:
         except Exception as exc:
             self._set_state(WorkerState.FAILED, f"start-up failed: {type(exc).__name__}: {exc}")
             raise
+
+    def asr_source(self) -> tuple[str, str | None] | None:
+        """(folder or hub id, display name) of the speech model, or None for no speech stage.
+
+        FASTVLM_ASR_MODEL wins; without it the built-in tiny FastVLM comes with the built-in tiny
+        Whisper (so the demo runs every stage), while real FastVLM weights come with none.
+        """
+        from ..engine.tiny_whisper import TINY_ASR_NAME, ensure_tiny_whisper
+
+        if self.settings.asr_model:
+            return self.settings.asr_model, None
+        if self.settings.model:
+            return None
+        return str(ensure_tiny_whisper(self.settings.tiny_asr_model_path)), TINY_ASR_NAME
+
+    def _load_asr(self) -> None:
+        """Whisper on this worker's device, fed by its own batcher (encoder-decoder: static batches)."""
+        from ..engine.batcher import Batcher
+        from ..engine.whisper import WhisperASR
+
+        source = self.asr_source()
+        if source is None:
+            log.info("no speech model configured: videos get no transcript")
+            return
+        path, name = source
+        if name is not None:
+            log.warning("no FASTVLM_ASR_MODEL configured: the speech stage uses the built-in tiny random "
+                        "Whisper; its transcripts are meaningless")
+        settings = self.settings
+        self.asr = WhisperASR.load(path, device=settings.device, dtype=settings.dtype, name=name,
+                                   language=settings.asr_language, max_new_tokens=settings.asr_max_new_tokens)
+        self.asr_batcher = Batcher(
+            _fatal_guard(self.asr.transcribe), max_batch_size=settings.asr_max_batch_size,
+            max_batch_wait_s=settings.max_batch_wait_ms / 1000, max_queue_size=settings.max_queue_size,
+            timeout_s=settings.inference_timeout_s, name="asr").start()
+        if settings.warmup:
+            import numpy as np
+
+            silence = self.asr.prepare(np.zeros(self.asr.sample_rate, np.float32))
+            self.asr_batcher.submit(silence).result(timeout=settings.inference_timeout_s)
+
+    def transcriber(self) -> EngineTranscriber | None:
+        """The speech stage's engine, or None when this worker has no speech model."""
+        if self.asr is None or self.asr_batcher is None:
+            return None
+        return EngineTranscriber(self.asr, self.asr_batcher)
 
     def _warm_up(self) -> None:
         vlm, scheduler = self.vlm, self.scheduler
@@ -157,6 +221,8 @@ class WorkerService:
         self._set_state(WorkerState.STOPPING, "shutting down")
         if self.scheduler is not None:
             self.scheduler.stop()
+        if self.asr_batcher is not None:
+            self.asr_batcher.stop()
 
     @property
     def ready(self) -> bool:
@@ -257,7 +323,7 @@ class WorkerService:
     def _decode(self, vlm: FastVLM, data: bytes, prompt: str, budget: int) -> tuple[DecodedImage, PreparedInput]:
         image = decode_image(data, max_bytes=self.settings.max_image_bytes,
                              max_pixels=self.settings.max_image_pixels)
-        return image, vlm.prepare(image.image, prompt, budget)
+        return image, vlm.prepare(image.image, prompt, budget, image_fit=self.settings.image_fit)
 
     async def prepare_image(self, media: MediaRequest, *, deadline: float | None = None) -> PreparedImage:
         """Validate, read, decode and tokenise one /predict_image request (off the event loop)."""
@@ -350,11 +416,8 @@ class WorkerService:
 
     async def summarize_video(self, media: MediaRequest, *, deadline: float | None = None) -> SummarizeVideoResponse:
         """Answer one /summarize_video request (a path under the media roots, or an upload)."""
-        from ..video import summarize_video
-
-        vlm, scheduler = self.require_ready()
+        self.require_ready()
         self.faults.on_request()
-        captioner = EngineCaptioner(vlm, scheduler, deadline=deadline, on_result=self._observe)
         self.in_flight += 1
         try:
             if media.upload is not None:
@@ -363,7 +426,7 @@ class WorkerService:
                 handle = await asyncio.to_thread(open_media, media.path or "", self.settings.media_roots,
                                                  self.settings.video_max_bytes)
             try:
-                result = await summarize_video(handle, self.settings, captioner, model_name=vlm.name)
+                result = await self._summarize(handle, media.options, deadline)
             finally:
                 handle.close()
         finally:
@@ -372,17 +435,23 @@ class WorkerService:
             self.metrics.video(result.timing.model_dump())
         return result
 
+    async def _summarize(self, source: VideoSource, options: VideoOptions | None,
+                         deadline: float | None = None) -> SummarizeVideoResponse:
+        from ..video import summarize_video
+
+        vlm, scheduler = self.require_ready()
+        captioner = EngineCaptioner(vlm, scheduler, deadline=deadline, on_result=self._observe,
+                                    image_fit=self.settings.image_fit)
+        return await summarize_video(source, self.settings, captioner, model_name=vlm.name,
+                                     transcriber=self.transcriber(), text_reader=self.text_reader, options=options)
+
     def _observe(self, result: GenerationResult) -> None:
         if self.metrics is not None:
             self.metrics.request(result)
 
     async def summarize_file(self, path: str) -> SummarizeVideoResponse:
         """Summarize a local video the caller chose (the CLI's path: no media roots apply)."""
-        from ..video import summarize_video
-
-        vlm, scheduler = self.require_ready()
-        return await summarize_video(path, self.settings, EngineCaptioner(vlm, scheduler, on_result=self._observe),
-                                     model_name=vlm.name)
+        return await self._summarize(path, None)
 
 
 class EngineCaptioner:
@@ -390,17 +459,18 @@ class EngineCaptioner:
     video's frames decode together, and with concurrent image requests, step by step."""
 
     def __init__(self, vlm: FastVLM, scheduler: Scheduler, *, deadline: float | None = None,
-                 on_result: Callable[[GenerationResult], None] | None = None) -> None:
+                 on_result: Callable[[GenerationResult], None] | None = None, image_fit: ImageFit = "pad") -> None:
         self.vlm = vlm
         self.scheduler = scheduler
         self.deadline = deadline
+        self.image_fit = image_fit
         self._on_result = on_result or (lambda result: None)
 
     async def caption(self, images: Sequence[Image.Image], prompts: Sequence[str],
                       max_new_tokens: int) -> list[str]:
         items = await asyncio.to_thread(
-            lambda: [self.vlm.prepare(image, prompt, max_new_tokens) for image, prompt in zip(images, prompts,
-                                                                                            strict=True)])
+            lambda: [self.vlm.prepare(image, prompt, max_new_tokens, image_fit=self.image_fit)
+                     for image, prompt in zip(images, prompts, strict=True)])
         with tracing.span("inference", **{"fastvlm.frames": len(items)}):
             results = await self.scheduler.generate_many(items, deadline=self.deadline)
         for result in results:
@@ -414,6 +484,22 @@ class EngineCaptioner:
             _describe(span, result)
         self._on_result(result)
         return result.text
+
+
+class EngineTranscriber:
+    """The speech stage's view of Whisper: every window goes through the speech batcher, so the
+    windows of one video (and of concurrent videos) share generate calls."""
+
+    def __init__(self, asr: WhisperASR, batcher: Batcher[PreparedWindow, WindowTranscript]) -> None:
+        self.asr = asr
+        self.batcher = batcher
+        self.name = asr.name
+        self.sample_rate = asr.sample_rate
+        self.window_sec = asr.window_sec
+
+    async def transcribe(self, windows: Sequence[np.ndarray]) -> list[WindowTranscript]:
+        items = await asyncio.to_thread(lambda: [self.asr.prepare(window) for window in windows])
+        return [result.output for result in await self.batcher.run_many(items)]
 
 
 def _describe(span: Any, result: GenerationResult) -> None:
@@ -433,6 +519,21 @@ def _exit_on_fatal(exc: BaseException) -> None:
     logging.shutdown()
     sys.stderr.flush()
     os._exit(EXIT_DEVICE_FAILED)
+
+
+def _fatal_guard(run_batch: Callable[[Sequence[Any]], list[Any]]) -> Callable[[Sequence[Any]], list[Any]]:
+    """A batch function that ends the process on out-of-memory or CUDA errors (see _exit_on_fatal)."""
+    from ..engine.model import is_fatal_device_error
+
+    def guarded(batch: Sequence[Any]) -> list[Any]:
+        try:
+            return run_batch(batch)
+        except Exception as exc:
+            if is_fatal_device_error(exc):
+                _exit_on_fatal(exc)
+            raise
+
+    return guarded
 
 
 def _memory_in_use(vlm: FastVLM | None) -> dict[str, int]:
