@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from PIL import Image
 
 from fastvlm_engine.video.analysis import analyze_video
