@@ -224,7 +224,8 @@ class Services:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVLM_")}
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         base = {"model": self.model_dir, "media_roots": str(self.media_dir), "torch_threads": 1,
-                "host": HOST, "worker_host": HOST, "log_format": "text", "shutdown_grace_s": 5}
+                "host": HOST, "worker_host": HOST, "log_format": "text", "shutdown_grace_s": 5,
+                "state_dir": str(self.tmp / "state")}
         for name, value in {**base, **settings, **self.extra_settings}.items():
             env[f"FASTVLM_{name.upper()}"] = str(value)
         return env

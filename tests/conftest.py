@@ -62,3 +62,15 @@ def long_clip(media_root):
     from tests.fixtures.videos import make_long_video
 
     return make_long_video(media_root, seconds=170, size=(256, 144))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real Debian redis-server on a free loopback port for the whole session, stopped by PID."""
+    from tests.helpers.redis_server import start_redis
+
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()

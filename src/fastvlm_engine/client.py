@@ -6,6 +6,12 @@
     async with AsyncClient("http://127.0.0.1:9000") as client:
         doc = await client.summarize_video(video_path="clips/beach.mp4")
 
+    for delta in (stream := client.stream_predict_image(image_path="photos/cat.jpg")):
+        print(delta, end="")            # tokens as they are generated; stream.document at the end
+
+    job = client.submit_video(video_path="clips/beach.mp4")    # 202 at once, workers pull it
+    doc = job.wait(timeout=600)         # long-polls GET /job/<id>?wait=
+
 Request building, retry decisions and delays are pure functions shared by both clients, which
 differ only in the I/O call and the sleep. Everything this module raises on a failed call:
 
@@ -15,10 +21,12 @@ differ only in the I/O call and the sleep. Everything this module raises on a fa
     │   ├── ConnectionFailed     refused, reset or dropped, still so after any retries
     │   └── RequestTimeout       no answer within the per-attempt ``timeout`` (also a TimeoutError)
     │       └── DeadlineExceeded no answer within what was left of the call's deadline
-    └── ServiceError             the service answered with an error status (``status``, ``retry_after_sec``, ``body``)
-        ├── RequestRejected      4xx: the request itself is wrong, unauthorised or rate limited; not retried
-        ├── BusyError            503: still shed (workers_busy, no_ready_workers, ...) when retrying stopped
-        └── WorkerError          502/504: a worker failed or timed out
+    ├── ServiceError             the service answered with an error status (``status``, ``retry_after_sec``, ``body``)
+    │   ├── RequestRejected      4xx: the request itself is wrong or unauthorised; not retried
+    │   ├── BusyError            503: still shed (workers_busy, queue_full, ...) when retrying stopped
+    │   ├── WorkerError          502/504: a worker failed or timed out
+    │   └── JobFailed            a job ended failed, expired or cancelled (``job``: its document)
+    └── JobPending               a job's wait timed out while it is still queued or running (``job``)
 
 There is no separate "retries exhausted" error: when retrying stops, the last attempt's own error
 is raised with ``attempts`` and ``stop_reason`` ("not_retryable", "max_attempts", "failure_budget"
@@ -44,7 +52,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -74,6 +82,12 @@ __all__ = [
     "ConnectionFailed",
     "DeadlineExceeded",
     "FastVLMError",
+    "ImageStream",
+    "JobFailed",
+    "JobHandle",
+    "AsyncJobHandle",
+    "AsyncImageStream",
+    "JobPending",
     "RequestRejected",
     "RequestTimeout",
     "RetryDecision",
@@ -197,6 +211,91 @@ class BusyError(ServiceError):
 
 class WorkerError(ServiceError):
     """502/504: the worker handling the request failed or did not answer in time."""
+
+
+class JobFailed(ServiceError):
+    """A job ended without a result: failed (its error), expired or cancelled."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        error = job.get("error") if isinstance(job.get("error"), dict) else {}
+        status = job.get("status")
+        code = error.get("code") or f"job_{status}"
+        message = error.get("message") or f"The job was {status}."
+        http_status = ERROR_CODES[code].http_status if code in ERROR_CODES else 500
+        super().__init__(http_status, code, message, request_id=error.get("request_id"),
+                         body={"error": error} if error else None)
+        self.job = job
+
+
+class JobPending(FastVLMError, TimeoutError):
+    """The wait ended while the job is still queued or running; wait again or cancel it."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        super().__init__("job_pending", f"Job {job.get('job_id')} is still {job.get('status')}.")
+        self.job = job
+
+
+def job_outcome(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The result of a finished job, None while it runs; raises JobFailed for a job that ended without one."""
+    status = job.get("status")
+    if status == "succeeded":
+        result = job.get("result")
+        return result if isinstance(result, dict) else {}
+    if status in ("failed", "cancelled", "expired"):
+        raise JobFailed(job)
+    return None
+
+
+def parse_sse(lines: Sequence[str]) -> tuple[str, Any] | None:
+    """One server-sent event from its lines: (event name, JSON data), or None for a comment-only block."""
+    event, data = "message", []
+    for line in lines:
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+    if not data:
+        return None
+    text = "\n".join(data)
+    return event, _json_value(text.encode()) if text != "[DONE]" else text
+
+
+class _StreamState:
+    """What a streamed image request has produced so far; shared by the sync and async iterators."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.document: dict[str, Any] | None = None
+        self.text = ""
+        self._lines: list[str] = []
+
+    def feed_line(self, line: str) -> list[str]:
+        """Deltas completed by this line (an SSE block ends with an empty line)."""
+        if line:
+            self._lines.append(line)
+            return []
+        block, self._lines = self._lines, []
+        parsed = parse_sse(block)
+        if parsed is None:
+            return []
+        event, data = parsed
+        if event == "delta" and isinstance(data, dict) and isinstance(data.get("text"), str):
+            self.text += data["text"]
+            return [data["text"]]
+        if event == "done" and isinstance(data, dict):
+            self.document = data
+        elif event == "error":
+            raise parse_error(500, {}, json.dumps(data).encode(), request_id=self.request_id)
+        return []
+
+    def finish(self) -> None:
+        if self.document is None:
+            raise ConnectionFailed(CONNECTION_LOST, "The stream ended before its final event.",
+                                   request_id=self.request_id)
 
 
 def _error_class(status: int) -> type[ServiceError]:
@@ -454,8 +553,9 @@ class _Call:
 
     def __init__(self, client: _BaseClient, method: str, path: str, endpoint: Endpoint,
                  payload: dict[str, Any] | None, request_id: str, policy: RetryPolicy,
-                 deadline_s: float) -> None:
+                 deadline_s: float, headers: Mapping[str, str] | None = None) -> None:
         self.client = client
+        self.headers = dict(headers or {})
         self.method = method
         self.path = path
         self.endpoint = endpoint
@@ -478,7 +578,7 @@ class _Call:
         self._deadline_bound = per_attempt is None or remaining <= per_attempt
         read = remaining if per_attempt is None else min(per_attempt, remaining)
         timeout = httpx.Timeout(read, connect=min(self.client.connect_timeout, remaining))
-        headers = {REQUEST_ID_HEADER: self.request_id, ATTEMPT_HEADER: str(self.attempt)}
+        headers = {**self.headers, REQUEST_ID_HEADER: self.request_id, ATTEMPT_HEADER: str(self.attempt)}
         _inject_trace_context(headers)
         self.sent += 1
         return http.build_request(self.method, self.path, json=self.payload, headers=headers, timeout=timeout)
@@ -597,6 +697,19 @@ class _BaseClient:
         return _Call(self, "POST", _PATHS[endpoint], endpoint, payload, _check_request_id(request_id),
                      self.retry, self.retry.deadline_for(endpoint))
 
+    def _submit_call(self, endpoint: Endpoint, payload: dict[str, Any], request_id: str | None,
+                     idempotency_key: str | None) -> _Call:
+        headers = {"Prefer": "respond-async"}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        return _Call(self, "POST", _PATHS[endpoint], endpoint, payload, _check_request_id(request_id),
+                     self.retry, self.retry.deadline_for(endpoint), headers=headers)
+
+    def _job_call(self, method: str, job_id: str, wait_s: float = 0.0) -> _Call:
+        path = f"/job/{job_id}" + (f"?wait={wait_s:g}" if wait_s > 0 else "")
+        return _Call(self, method, path, "image", None, uuid.uuid4().hex, self.retry,
+                     wait_s + (self.timeout or HEALTH_TIMEOUT_S))
+
     def _health_call(self, path: str) -> _Call:
         return _Call(self, "GET", path, "image", None, uuid.uuid4().hex, RetryPolicy(max_attempts=1),
                      self.timeout or HEALTH_TIMEOUT_S)
@@ -630,6 +743,36 @@ class Client(_BaseClient):
         """Describe a short video; the server's JSON document."""
         return self._run(self._media_call("video", media_payload("video", video_path, video_base64), request_id))
 
+    def stream_predict_image(self, *, image_path: str | None = None, image_base64: str | None = None,
+                             prompt: str | None = None, max_new_tokens: int | None = None,
+                             request_id: str | None = None, **sampling: Any) -> ImageStream:
+        """Caption an image, yielding text as it is generated; ``.document`` holds the final response.
+
+        Shed attempts are retried as usual before the stream starts; once tokens flow, a broken
+        stream raises ConnectionFailed (the partial text stays in ``.text``).
+        """
+        payload = media_payload("image", image_path, image_base64, prompt=prompt, max_new_tokens=max_new_tokens,
+                                stream=True, **sampling)
+        return ImageStream(self, self._media_call("image", payload, request_id))
+
+    def submit_image(self, *, image_path: str | None = None, image_base64: str | None = None,
+                     prompt: str | None = None, max_new_tokens: int | None = None, request_id: str | None = None,
+                     idempotency_key: str | None = None) -> JobHandle:
+        """Queue an image request as a job (202 at once); wait on the handle for the result."""
+        payload = media_payload("image", image_path, image_base64, prompt=prompt, max_new_tokens=max_new_tokens)
+        return self._submitted(self._run(self._submit_call("image", payload, request_id, idempotency_key)))
+
+    def submit_video(self, *, video_path: str | None = None, video_base64: str | None = None,
+                     request_id: str | None = None, idempotency_key: str | None = None) -> JobHandle:
+        """Queue a video request as a job (202 at once); wait on the handle for the result."""
+        payload = media_payload("video", video_path, video_base64)
+        return self._submitted(self._run(self._submit_call("video", payload, request_id, idempotency_key)))
+
+    def _submitted(self, answer: dict[str, Any]) -> JobHandle:
+        if "job_id" not in answer:  # a server without the job queue answered in sync mode
+            return JobHandle(self, "", done={"status": "succeeded", "result": answer})
+        return JobHandle(self, answer["job_id"])
+
     def healthz(self) -> dict[str, Any]:
         """The router's liveness document (one attempt)."""
         return self._run(self._health_call("/healthz"))
@@ -637,6 +780,28 @@ class Client(_BaseClient):
     def readyz(self) -> dict[str, Any]:
         """The readiness document; BusyError (503) when no worker is ready (one attempt)."""
         return self._run(self._health_call("/readyz"))
+
+    def _open_stream(self, call: _Call) -> httpx.Response:
+        """Send until a stream opens (retrying like any call before the first byte); the caller closes it."""
+        while True:
+            self._check_usable()
+            request = call.next_request(self._http)
+            try:
+                try:
+                    response = self._http.send(request, stream=True)
+                except httpx.HTTPError as exc:
+                    raise call.transport_error(exc) from exc
+                if response.status_code == 200:
+                    return response
+                response.read()
+                response.close()
+                call.result(response)  # raises the typed error
+                raise ServiceError(response.status_code, "invalid_response", "Expected an event stream.")
+            except FastVLMError as error:
+                delay = call.plan_retry(error)
+                if delay is None:
+                    raise
+            self._sleep(delay)
 
     def _run(self, call: _Call) -> dict[str, Any]:
         while True:
@@ -696,6 +861,32 @@ class AsyncClient(_BaseClient):
         return await self._run(self._media_call("video", media_payload("video", video_path, video_base64),
                                                 request_id))
 
+    def stream_predict_image(self, *, image_path: str | None = None, image_base64: str | None = None,
+                             prompt: str | None = None, max_new_tokens: int | None = None,
+                             request_id: str | None = None, **sampling: Any) -> AsyncImageStream:
+        """Caption an image, yielding text as it is generated (``async for``); ``.document`` at the end."""
+        payload = media_payload("image", image_path, image_base64, prompt=prompt, max_new_tokens=max_new_tokens,
+                                stream=True, **sampling)
+        return AsyncImageStream(self, self._media_call("image", payload, request_id))
+
+    async def submit_image(self, *, image_path: str | None = None, image_base64: str | None = None,
+                           prompt: str | None = None, max_new_tokens: int | None = None,
+                           request_id: str | None = None, idempotency_key: str | None = None) -> AsyncJobHandle:
+        """Queue an image request as a job (202 at once); await the handle's wait() for the result."""
+        payload = media_payload("image", image_path, image_base64, prompt=prompt, max_new_tokens=max_new_tokens)
+        return self._submitted(await self._run(self._submit_call("image", payload, request_id, idempotency_key)))
+
+    async def submit_video(self, *, video_path: str | None = None, video_base64: str | None = None,
+                           request_id: str | None = None, idempotency_key: str | None = None) -> AsyncJobHandle:
+        """Queue a video request as a job (202 at once); await the handle's wait() for the result."""
+        payload = media_payload("video", video_path, video_base64)
+        return self._submitted(await self._run(self._submit_call("video", payload, request_id, idempotency_key)))
+
+    def _submitted(self, answer: dict[str, Any]) -> AsyncJobHandle:
+        if "job_id" not in answer:
+            return AsyncJobHandle(self, "", done={"status": "succeeded", "result": answer})
+        return AsyncJobHandle(self, answer["job_id"])
+
     async def healthz(self) -> dict[str, Any]:
         """The router's liveness document (one attempt)."""
         return await self._run(self._health_call("/healthz"))
@@ -703,6 +894,28 @@ class AsyncClient(_BaseClient):
     async def readyz(self) -> dict[str, Any]:
         """The readiness document; BusyError (503) when no worker is ready (one attempt)."""
         return await self._run(self._health_call("/readyz"))
+
+    async def _open_stream(self, call: _Call) -> httpx.Response:
+        """Send until a stream opens (retrying like any call before the first byte); the caller closes it."""
+        while True:
+            self._check_usable()
+            request = call.next_request(self._http)
+            try:
+                try:
+                    response = await self._http.send(request, stream=True)
+                except httpx.HTTPError as exc:
+                    raise call.transport_error(exc) from exc
+                if response.status_code == 200:
+                    return response
+                await response.aread()
+                await response.aclose()
+                call.result(response)
+                raise ServiceError(response.status_code, "invalid_response", "Expected an event stream.")
+            except FastVLMError as error:
+                delay = call.plan_retry(error)
+                if delay is None:
+                    raise
+            await self._sleep(delay)
 
     async def _run(self, call: _Call) -> dict[str, Any]:
         while True:
@@ -735,6 +948,144 @@ class AsyncClient(_BaseClient):
         await self.aclose()
 
 
+# --- jobs and streams -----------------------------------------------------------------------------
+
+JOB_WAIT_STEP_S: Final = 30.0
+"""Longest single ``?wait=`` a handle asks for; it keeps asking until its own timeout."""
+
+
+class JobHandle:
+    """A submitted job: ``wait()`` for its result, ``status()``, ``cancel()``."""
+
+    def __init__(self, client: Client, job_id: str, *, done: dict[str, Any] | None = None) -> None:
+        self._client = client
+        self.job_id = job_id
+        self.last: dict[str, Any] | None = done
+        """The job document as last seen."""
+
+    def status(self) -> dict[str, Any]:
+        """The job document now (status, progress, attempts, result once it ended)."""
+        if self.job_id:
+            self.last = self._client._run(self._client._job_call("GET", self.job_id))
+        return self.last or {}
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """The result document; JobFailed if the job ended without one, JobPending after ``timeout``."""
+        deadline = None if timeout is None else self._client._clock() + timeout
+        while True:
+            job = self.last if not self.job_id else None
+            if job is None:
+                left = JOB_WAIT_STEP_S if deadline is None else max(0.0, deadline - self._client._clock())
+                job = self.last = self._client._run(self._client._job_call("GET", self.job_id,
+                                                                           min(JOB_WAIT_STEP_S, left)))
+            result = job_outcome(job)
+            if result is not None:
+                return result
+            if deadline is not None and self._client._clock() >= deadline:
+                raise JobPending(job)
+
+    def cancel(self) -> dict[str, Any]:
+        """Cancel it (a queued job at once, a running one at its worker's next check)."""
+        if self.job_id:
+            self.last = self._client._run(self._client._job_call("DELETE", self.job_id))
+        return self.last or {}
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.job_id!r}, status={(self.last or {}).get('status', 'queued')!r})"
+
+
+class AsyncJobHandle:
+    """AsyncClient's job handle: the same calls, awaited."""
+
+    def __init__(self, client: AsyncClient, job_id: str, *, done: dict[str, Any] | None = None) -> None:
+        self._client = client
+        self.job_id = job_id
+        self.last: dict[str, Any] | None = done
+
+    async def status(self) -> dict[str, Any]:
+        if self.job_id:
+            self.last = await self._client._run(self._client._job_call("GET", self.job_id))
+        return self.last or {}
+
+    async def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        deadline = None if timeout is None else self._client._clock() + timeout
+        while True:
+            job = self.last if not self.job_id else None
+            if job is None:
+                left = JOB_WAIT_STEP_S if deadline is None else max(0.0, deadline - self._client._clock())
+                job = self.last = await self._client._run(self._client._job_call("GET", self.job_id,
+                                                                                 min(JOB_WAIT_STEP_S, left)))
+            result = job_outcome(job)
+            if result is not None:
+                return result
+            if deadline is not None and self._client._clock() >= deadline:
+                raise JobPending(job)
+
+    async def cancel(self) -> dict[str, Any]:
+        if self.job_id:
+            self.last = await self._client._run(self._client._job_call("DELETE", self.job_id))
+        return self.last or {}
+
+
+class ImageStream:
+    """Text deltas of a streamed /predict_image; ``document`` is the final response once it ended."""
+
+    def __init__(self, client: Client, call: _Call) -> None:
+        self._client = client
+        self._call = call
+        self._state = _StreamState(call.request_id)
+
+    @property
+    def document(self) -> dict[str, Any] | None:
+        return self._state.document
+
+    @property
+    def text(self) -> str:
+        return self._state.text
+
+    def __iter__(self) -> Iterator[str]:
+        response = self._client._open_stream(self._call)
+        try:
+            try:
+                for line in response.iter_lines():
+                    yield from self._state.feed_line(line)
+            except httpx.HTTPError as exc:
+                raise self._call.transport_error(exc) from exc
+            self._state.finish()
+        finally:
+            response.close()
+
+
+class AsyncImageStream:
+    """AsyncClient's streamed /predict_image: ``async for delta in stream``."""
+
+    def __init__(self, client: AsyncClient, call: _Call) -> None:
+        self._client = client
+        self._call = call
+        self._state = _StreamState(call.request_id)
+
+    @property
+    def document(self) -> dict[str, Any] | None:
+        return self._state.document
+
+    @property
+    def text(self) -> str:
+        return self._state.text
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        response = await self._client._open_stream(self._call)
+        try:
+            try:
+                async for line in response.aiter_lines():
+                    for delta in self._state.feed_line(line):
+                        yield delta
+            except httpx.HTTPError as exc:
+                raise self._call.transport_error(exc) from exc
+            self._state.finish()
+        finally:
+            await response.aclose()
+
+
 # --- the ``fastvlm client`` command ---------------------------------------------------------------
 
 def build_parser(prog: str = "fastvlm client") -> argparse.ArgumentParser:
@@ -748,20 +1099,27 @@ def build_parser(prog: str = "fastvlm client") -> argparse.ArgumentParser:
     image.add_argument("--prompt", default=None)
     image.add_argument("--max-new-tokens", type=int, default=None)
     image.add_argument("--base64", action="store_true", help="read the local file and upload it")
+    image.add_argument("--async", dest="as_job", action="store_true",
+                       help="submit it as a job (202), then wait for the job's result")
     video = sub.add_parser("video", help="summarize a video (POST /summarize_video)")
     video.add_argument("path", help="path under the server's media roots, or a local file with --base64")
     video.add_argument("--base64", action="store_true", help="read the local file and upload it")
+    video.add_argument("--async", dest="as_job", action="store_true",
+                       help="submit it as a job (202), then wait for the job's result")
     sub.add_parser("health", help="router and worker state (GET /healthz)")
     sub.add_parser("ready", help="readiness (GET /readyz); exit 1 when no worker is ready")
     return parser
 
 
 def _call_from_args(client: Client, args: argparse.Namespace, data: str | None) -> dict[str, Any]:
+    path = None if data else getattr(args, "path", None)
     if args.command == "image":
-        return client.predict_image(image_path=None if data else args.path, image_base64=data,
-                                    prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+        options = dict(image_path=path, image_base64=data, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+        return client.submit_image(**options).wait() if args.as_job else client.predict_image(**options)
     if args.command == "video":
-        return client.summarize_video(video_path=None if data else args.path, video_base64=data)
+        if args.as_job:
+            return client.submit_video(video_path=path, video_base64=data).wait()
+        return client.summarize_video(video_path=path, video_base64=data)
     return client.healthz() if args.command == "health" else client.readyz()
 
 

@@ -294,6 +294,8 @@ class Settings(BaseSettings):
     job_max_queued_s: float = Field(600.0, gt=0, description="A job still queued this many seconds after it "
                                     "entered the queue ends as expired.")
     queue_max_jobs: int = Field(1000, ge=1, description="Most queued jobs; more submissions get queue_full.")
+    job_wait_max_s: float = Field(60.0, ge=0, description="Longest GET /job/<id>?wait=S may hold a request "
+                                  "before answering with the job as it is.")
     job_max_attempts: int = Field(3, ge=1, description="Leases a job may get; when a worker dies or hangs on "
                                   "the last one, the job fails with job_attempts_exhausted.")
     job_lease_s: float = Field(30.0, gt=0, description="A worker's lease on a job; it extends the lease while "

@@ -52,6 +52,13 @@ def _no_surrogates(text: str) -> str:
 Text = Annotated[str, AfterValidator(_no_surrogates)]
 """A client-supplied string that must be valid Unicode."""
 
+MAX_STOP_STRINGS = 8
+"""Most stop strings one request may give."""
+MAX_STOP_CHARS = 256
+"""Longest stop string, in characters."""
+MAX_SEED = 2**63 - 1
+"""Seeds are non-negative 64-bit signed integers (what torch.Generator.manual_seed takes everywhere)."""
+
 MEDIA_KINDS = ("image", "video")
 """Each media endpoint takes one item of its kind: ``<kind>_path``, ``<kind>_base64``, a multipart
 file field named ``<kind>``, or a raw body of that media type."""
@@ -75,12 +82,26 @@ class ImageOptions(_Strict):
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens "
                                 "whose probabilities add up to top_p.")
     top_k: int | None = Field(None, ge=0, description="Sample among the k most likely tokens (0: all).")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed: the same seed, input and "
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random seed: the same seed, input and "
                              "settings give the same output, also when batched with other requests.")
-    stop: list[Text] | Text | None = Field(None, description="Up to 8 strings; generation ends before the "
-                                           "first one (finish_reason 'stop').")
+    stop: list[Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]] | \
+        Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)] | None = Field(
+            None, description=f"Up to {MAX_STOP_STRINGS} strings of 1-{MAX_STOP_CHARS} characters; generation "
+            "ends before the first one (finish_reason 'stop').")
     repetition_penalty: float | None = Field(None, gt=0, le=10, description="Above 1 discourages repeating "
                                              "tokens already in the prompt or output.")
+
+    @model_validator(mode="after")
+    def _stop_count(self) -> ImageOptions:
+        if isinstance(self.stop, list) and len(self.stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings")
+        return self
+
+    def stop_strings(self) -> tuple[str, ...]:
+        """``stop`` as a tuple, whichever form it was given in."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
 class PredictImageRequest(ImageOptions):

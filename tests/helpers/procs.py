@@ -120,6 +120,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, proc: P
 def start_worker(tmp_path: Path, model_dir: str, **settings: object) -> Proc:
     """A real ``fastvlm worker`` on a free loopback port (not waited for)."""
     port = free_port()
+    settings.setdefault("state_dir", tmp_path / f"state-{port}")  # its own job store, not the user's
     env = worker_env(model=model_dir, **settings)
     proc = spawn([*FASTVLM, "worker", "--host", "127.0.0.1", "--port", str(port)], env,
                  tmp_path / f"worker-{port}.log")
@@ -136,6 +137,7 @@ def start_router(tmp_path: Path, model_dir: str, *, extra_env: dict[str, str] | 
                  **settings: object) -> Proc:
     """A real ``fastvlm serve`` (router + its spawned workers) on a free loopback port."""
     port = free_port()
+    settings.setdefault("state_dir", tmp_path / f"state-{port}")  # its own job store, not the user's
     env = {**worker_env(model=model_dir, port=port, **settings), **(extra_env or {})}
     proc = spawn([*FASTVLM, "serve"], env, tmp_path / f"router-{port}.log")
     proc.base_url = f"http://127.0.0.1:{port}"

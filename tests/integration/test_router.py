@@ -28,9 +28,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory, tiny_model_dir, media_root):
-    # No admission queue here: these tests are about shedding the moment every slot is taken.
+    # No admission queue here: these tests are about shedding the moment every slot is taken. Model
+    # steps are 10 ms slower, so that requests last long enough to hold slots and to be measured.
     proc = start_router(tmp_path_factory.mktemp("router"), tiny_model_dir, media_roots=media_root,
-                        max_workers=2, max_concurrent=2, max_new_tokens_limit=3000, admission_queue_wait_ms=0)
+                        max_workers=2, max_concurrent=2, max_new_tokens_limit=3000, admission_queue_wait_ms=0,
+                        fault_injection="slow_steps=10")
     try:
         proc.extra["health"] = wait_workers_ready(proc, 2)
         yield proc

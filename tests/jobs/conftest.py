@@ -14,16 +14,6 @@ from fastvlm_engine.config import load_settings
 from fastvlm_engine.errors import MediaTooLarge
 from fastvlm_engine.intake.spool import Spool
 from fastvlm_engine.jobs import JobStore, open_store_from_settings
-from tests.helpers.redis_server import RedisServer, start_redis
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory) -> RedisServer:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -19,14 +19,7 @@ import torch
 
 __all__ = ["MAX_SEED", "MAX_STOP_CHARS", "MAX_STOP_STRINGS", "SamplingParams", "TokenSampler", "choose_tokens"]
 
-MAX_STOP_STRINGS = 8
-"""Most stop strings one request may give."""
-
-MAX_STOP_CHARS = 256
-"""Longest stop string, in characters."""
-
-MAX_SEED = 2**63 - 1
-"""Seeds are non-negative 64-bit signed integers (what torch.Generator.manual_seed takes everywhere)."""
+from ..schemas import MAX_SEED, MAX_STOP_CHARS, MAX_STOP_STRINGS  # one definition, shared with the HTTP schema
 
 
 def _number(value: object) -> bool:

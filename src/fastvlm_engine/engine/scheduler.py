@@ -228,8 +228,13 @@ class Scheduler:
         Raises ValueError (invalid sampling values, message starts with the field), ContextTooLong,
         QueueFull, ShuttingDown, or NotReady after a fatal device error.
         """
-        params = (params or SamplingParams()).validate(self._capacity.context_tokens)
+        params = params or SamplingParams()
         max_new = params.max_new_tokens if params.max_new_tokens is not None else prepared.max_new_tokens
+        if isinstance(max_new, int) and prepared.prompt_tokens + max_new > self._capacity.context_tokens:
+            max_new_limit = max_new  # too long for any slot: that is ContextTooLong (400), checked below
+        else:
+            max_new_limit = self._capacity.context_tokens
+        params = params.validate(max_new_limit)
         if max_new < 1:
             raise ValueError("max_new_tokens: must be at least 1")
         needed = prepared.prompt_tokens + max_new

@@ -14,9 +14,12 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["configure_logging", "current_request_id", "log_fields", "request_id_var", "wrap_foreign_line"]
+__all__ = ["configure_logging", "current_request_id", "job_id_var", "log_fields", "request_id_var",
+           "wrap_foreign_line"]
 
 request_id_var: ContextVar[str | None] = ContextVar("fastvlm_request_id", default=None)
+job_id_var: ContextVar[str | None] = ContextVar("fastvlm_job_id", default=None)
+"""Set while a worker runs a job, so every line logged for it carries ``job_id``."""
 
 # Attributes every LogRecord has; anything else passed via ``extra=`` is a structured field.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
@@ -51,6 +54,8 @@ class _ContextFilter(logging.Filter):
         record.process_name = self.process
         if getattr(record, "request_id", None) is None:
             record.request_id = request_id_var.get()
+        if getattr(record, "job_id", None) is None:
+            record.job_id = job_id_var.get()
         if getattr(record, "trace_id", None) is None:
             record.trace_id, record.span_id = _trace_ids()
         return True

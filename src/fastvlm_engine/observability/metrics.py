@@ -17,7 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "HttpMetrics", "PoolCollector", "WorkerMetrics", "render"]
+__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "EngineCollector", "HttpMetrics", "PoolCollector", "QueueCollector",
+           "WorkerMetrics", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -60,6 +61,12 @@ class WorkerMetrics(HttpMetrics):
         self.tokens = Counter("fastvlm_generated_tokens_total", "Tokens generated.", registry=registry)
         self.video_stage = Histogram("fastvlm_video_stage_seconds", "Time per /summarize_video stage.",
                                      ["stage"], buckets=DURATION_BUCKETS, registry=registry)
+        self.job_queue_wait = Histogram("fastvlm_job_queue_wait_seconds", "Time a job waited in the queue before "
+                                        "a worker leased it.", ["kind"], buckets=DURATION_BUCKETS, registry=registry)
+        self.job_redeliveries = Counter("fastvlm_job_redeliveries_total", "Jobs leased again after an earlier "
+                                        "attempt ended without a result.", ["kind"], registry=registry)
+        self.jobs_finished = Counter("fastvlm_jobs_finished_total", "Jobs this worker finished, by outcome.",
+                                     ["kind", "outcome"], registry=registry)
 
     def step(self, info: Any) -> None:
         """A step observer for the scheduler (``StepInfo``: kind, sequences, seconds)."""
@@ -116,6 +123,28 @@ class PoolCollector(Collector):
             if gpu.utilization is not None:
                 utilization.add_metric([str(gpu.index)], gpu.utilization)
         yield from (used, total, utilization)
+
+
+class QueueCollector(Collector):
+    """The router's queues at scrape time: jobs by status, queued jobs and waiting requests per kind."""
+
+    def __init__(self, jobs: Callable[[], Mapping[str, int]], depth: Callable[[], Mapping[str, int]],
+                 admission: Callable[[], Mapping[str, int]]) -> None:
+        self._jobs, self._depth, self._admission = jobs, depth, admission
+
+    def collect(self) -> Iterable[Metric]:
+        by_status = GaugeMetricFamily("fastvlm_jobs", "Jobs in the store by status (finished ones until their "
+                                      "TTL).", labels=["status"])
+        for status, count in sorted(self._jobs().items()):
+            by_status.add_metric([status], count)
+        depth = GaugeMetricFamily("fastvlm_job_queue_depth", "Queued jobs per kind.", labels=["kind"])
+        for kind, count in sorted(self._depth().items()):
+            depth.add_metric([kind], count)
+        waiting = GaugeMetricFamily("fastvlm_admission_queue_depth", "Requests waiting in the router for a "
+                                    "worker slot.", labels=["kind"])
+        for kind, count in sorted(self._admission().items()):
+            waiting.add_metric([kind], count)
+        yield from (by_status, depth, waiting)
 
 
 class EngineCollector(Collector):

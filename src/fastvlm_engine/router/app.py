@@ -6,6 +6,7 @@ them. The router never imports torch: it starts in well under a second.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,7 +30,7 @@ from ..schemas import (
 )
 from ..web import BodyLimitMiddleware, RequestIdMiddleware, RequestLifecycle, install_error_handlers
 from ..web.openapi import media_body_openapi
-from . import admin, health, media
+from . import admin, health, jobs, media
 from .state import RouterState, build_state
 
 __all__ = ["ROUTES", "RouterState", "create_app"]
@@ -44,6 +45,10 @@ ROUTES: list[tuple[str, Callable[..., Any], list[str], dict[str, Any]]] = [
     ("/metrics", health.metrics, ["GET"], {"response_class": PlainTextResponse}),
     ("/admin/workers/{worker_id}/release", admin.release_worker, ["POST"],
      {"responses": error_responses(401, 404, 409)}),
+    ("/job/{job_id}", jobs.get_job, ["GET"], {"responses": error_responses(404, 422)}),
+    ("/jobs/{job_id}", jobs.get_job, ["GET"], {"responses": error_responses(404, 422), "include_in_schema": False}),
+    ("/job/{job_id}", jobs.cancel_job, ["DELETE"], {"responses": error_responses(404)}),
+    ("/jobs/{job_id}", jobs.cancel_job, ["DELETE"], {"responses": error_responses(404), "include_in_schema": False}),
     ("/predict_image", media.predict_image, ["POST"],
      {"response_model": PredictImageResponse, "responses": _MEDIA_ERRORS,
       "openapi_extra": media_body_openapi(PredictImageRequest, "image")}),
@@ -63,11 +68,16 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
         tracing.setup_tracing("fastvlm-router", **{"fastvlm.role": "router"})
         await state.upstream.start()
         await state.pool.start()
+        log.info("job store: %s", state.jobs.description())
+        sweeper = asyncio.get_running_loop().create_task(jobs.sweep_forever(state), name="job-sweeper")
         try:
             yield
         finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             await state.pool.stop(grace=max(5.0, settings.shutdown_grace_s))
             await state.upstream.close()
+            await state.jobs.close()
             state.inventory.close()
             tracing.shutdown_tracing()
 
@@ -83,7 +93,7 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     app.add_middleware(RequestLifecycle, in_flight=state.in_flight)
     app.add_middleware(AccessGuard, allowlist=settings.ip_allowlist, trusted_proxies=settings.trusted_proxies,
                        keys=api_keys, default_rate_per_minute=settings.api_rate_limit_per_minute,
-                       protected=frozenset(API_ENDPOINTS),
+                       protected=frozenset(API_ENDPOINTS), protected_prefixes=("/job/", "/jobs/"),
                        open_paths=frozenset({"/healthz", "/readyz"}) if settings.health_endpoints_open
                        else frozenset())
     app.add_middleware(TelemetryMiddleware, metrics=state.metrics, endpoints=frozenset(API_ENDPOINTS))

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from starlette.requests import Request
 
-from ..errors import WorkerFailed
+from ..errors import NotReady, ShuttingDown, WorkerFailed, WorkersBusy
 from ..headers import DEADLINE_HEADER, REQUEST_ID_HEADER
 from ..intake.submission import MediaRequest
 from ..observability import tracing
@@ -77,7 +77,9 @@ async def forward(state: RouterState, request: Request, lease: Lease, media: Med
                     tracing.inject(headers)
                     response = await state.upstream.open("POST", lease.worker.url + endpoint, body=body,
                                                          headers=headers, timeout_s=timeout)
-                return response, lease
+                if not await _busy(response):
+                    return response, lease
+                log.info("worker %s cannot take it now (full, draining or loading); trying another", lease.worker.id)
             except WorkerUnreachable:
                 log.warning("worker %s could not be reached; trying another", lease.worker.id)
             except WorkerFailed as exc:
@@ -99,6 +101,21 @@ async def forward(state: RouterState, request: Request, lease: Lease, media: Med
     except BaseException:
         lease.release(succeeded=False)
         raise
+
+
+_NOT_STARTED = frozenset({WorkersBusy.code, ShuttingDown.code, NotReady.code})
+"""A worker answering with one of these never started the request (it is full, draining, or not
+loaded yet, whatever the router last heard from it): another worker may take it."""
+
+
+async def _busy(response: OpenUpstream) -> bool:
+    if response.status != 503 or response.is_stream:
+        return False
+    body = await response.read()
+    try:
+        return json.loads(body)["error"]["code"] in _NOT_STARTED
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 class NothingFree(Exception):

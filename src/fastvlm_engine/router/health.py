@@ -27,6 +27,7 @@ async def healthz(request: Request) -> dict:
     pool = state.pool
     return {
         "status": "ok",
+        "mode": state.settings.mode,
         "draining": state.draining,
         "ready_workers": len(pool.ready()),
         "workers": [w.snapshot() for w in pool.workers],

@@ -9,6 +9,7 @@ something it picks per request.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -21,6 +22,7 @@ from ..intake.submission import MediaKind
 from ..observability import tracing
 from .admission import IMAGE, VIDEO, Lease
 from .forward import NothingFree, forward
+from .jobs import submit_job, wants_job
 from .retry_after import parse_attempt
 from .state import RouterState
 from .upstream import OpenUpstream, end_to_end_headers
@@ -64,12 +66,16 @@ async def _media_endpoint(request: Request, kind: MediaKind) -> Response:
     endpoint = _ENDPOINTS[kind]
     if state.draining:
         raise ShuttingDown(retry_after_sec=DRAIN_RETRY_AFTER_S)
+    if wants_job(request, state.settings.mode):
+        return await submit_job(state, request, kind)
     if not state.admission.available(endpoint):  # shed before reading a byte of the body
         raise shed_error(state, request, endpoint)
     settings = state.settings
     with await read_media_request(request, kind, intake_limits(settings, kind), body_rules(settings)) as media:
         with tracing.span("admission") as span:
+            asked = time.monotonic()
             lease = await state.admission.acquire(endpoint)
+            state.metrics.admission_wait.labels(endpoint).observe(time.monotonic() - asked)
             span.set_attribute("fastvlm.admitted", lease is not None)
         if lease is None:
             raise shed_error(state, request, endpoint)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
 from ..config import Settings
-from ..observability.metrics import API_ENDPOINTS, HttpMetrics, PoolCollector
+from ..observability.metrics import API_ENDPOINTS, DURATION_BUCKETS, HttpMetrics, PoolCollector, QueueCollector
 from ..web import InFlight
 from .admission import IMAGE, VIDEO, Admission
+from .jobs import DrainRate
+
+if TYPE_CHECKING:
+    from ..jobs import JobStore
 from .inventory import Inventory, make_inventory
 from .pool import WorkerPool
 from .retry_after import RetryAfterEstimator
@@ -43,8 +48,14 @@ class RouterMetrics(HttpMetrics):
         super().__init__(registry, "fastvlm_")
         self.busy_rejections = Counter("fastvlm_busy_rejections_total", "Requests shed with 503 because no "
                                        "worker slot was free.", ["endpoint"], registry=registry)
+        self.jobs_submitted = Counter("fastvlm_jobs_submitted_total", "Jobs accepted (202).", ["endpoint"],
+                                      registry=registry)
+        self.admission_wait = Histogram("fastvlm_admission_queue_wait_seconds", "Time a request waited in the "
+                                        "admission queue for a slot.", ["endpoint"], buckets=DURATION_BUCKETS,
+                                        registry=registry)
         for endpoint in API_ENDPOINTS:
             self.busy_rejections.labels(endpoint)
+            self.jobs_submitted.labels(endpoint)
 
 
 @dataclass
@@ -58,6 +69,12 @@ class RouterState:
     registry: CollectorRegistry
     metrics: RouterMetrics
     in_flight: InFlight
+    jobs: JobStore
+    drain_rate: DrainRate = field(default_factory=DrainRate)
+    job_counts: dict[str, int] = field(default_factory=dict)  # refreshed by the sweeper
+    job_depth: dict[str, int] = field(default_factory=dict)
+    purged_total: int = 0
+    tasks: list[Any] = field(default_factory=list)
 
     @property
     def draining(self) -> bool:
@@ -86,8 +103,14 @@ def build_state(settings: Settings, inventory: Inventory | None = None) -> Route
     registry.register(ProcessCollector(registry=None))
     registry.register(PoolCollector(lambda: pool.workers, [s.value for s in WorkerState],
                                     lambda: [] if inventory.simulated else inventory.gpus()))
-    return RouterState(
+    from ..jobs import open_store_from_settings
+
+    state = RouterState(
         settings=settings, inventory=inventory, upstream=upstream, pool=pool,
         registry=registry, metrics=RouterMetrics(registry),
         admission=admission, retry_after=retry_after,
-        in_flight=InFlight(lambda path: path in API_ENDPOINTS))
+        in_flight=InFlight(lambda path: path in API_ENDPOINTS), jobs=open_store_from_settings(settings))
+    registry.register(QueueCollector(
+        jobs=lambda: state.job_counts, depth=lambda: state.job_depth,
+        admission=lambda: {"image": admission.queue_depth(IMAGE), "video": admission.queue_depth(VIDEO)}))
+    return state

@@ -148,7 +148,8 @@ def _thumbnail(image: Image.Image, max_side: int) -> str:
 async def summarize_video(source: VideoSource, settings: Settings, captioner: Captioner, *,
                           model_name: str, safety: SafetyChecker | None = None,
                           transcriber: Transcriber | None = None, text_reader: TextReader | None = None,
-                          options: VideoOptions | None = None) -> SummarizeVideoResponse:
+                          options: VideoOptions | None = None,
+                          on_stage: Callable[[str], None] | None = None) -> SummarizeVideoResponse:
     """Describe a video: per-scene timeline, timestamped captions, speech and on-screen text,
     summary, tags, safety flags.
 
@@ -160,6 +161,8 @@ async def summarize_video(source: VideoSource, settings: Settings, captioner: Ca
     """
     started = time.perf_counter()
     options = options or VideoOptions()
+    stage = on_stage or (lambda name: None)  # progress for job status: the stage now running
+    stage("analysis")
     stop = threading.Event()
     rewind = _rewinder(source)
     analysis_started_ns = time.time_ns()
@@ -209,6 +212,7 @@ async def summarize_video(source: VideoSource, settings: Settings, captioner: Ca
                                      missing=NO_TEXT_READER if text_reader is None else None, run=ocr_stage)),
     ]
     try:
+        stage("captioning")
         with tracing.span("video.captioning", frames=len(frames)):
             texts, captioning_sec = await _timed(_caption(analysis, settings, captioner))
         (nsfw_found, nsfw_sec), (speech, asr_sec), (ocr, ocr_sec) = await asyncio.gather(*side_tasks)
@@ -228,6 +232,7 @@ async def summarize_video(source: VideoSource, settings: Settings, captioner: Ca
 
     summary_started = time.perf_counter()
     summary, summary_source = "", "extractive"
+    stage("summary")
     with tracing.span("video.summary", mode=settings.video_summary_mode):
         if settings.video_summary_mode == "model" and any(text for _, text in timed_captions):
             prompt = build_summary_prompt(timed_captions, duration=analysis.info.duration_sec,
@@ -240,6 +245,7 @@ async def summarize_video(source: VideoSource, settings: Settings, captioner: Ca
     summary_sec = time.perf_counter() - summary_started
 
     tags_started = time.perf_counter()
+    stage("tags")
     with tracing.span("video.tags"):
         vibe = vibe_tags([c.caption for c in captions] + [s[2] for s in said] + [w[2] for w in written],
                          analysis.visual_tags)

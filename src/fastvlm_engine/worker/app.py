@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -48,7 +49,7 @@ from ..web import (
     request_id_of,
 )
 from ..web.sse import SSE_HEADERS, SSE_MEDIA_TYPE, sse_event
-from .service import WorkerService, WorkerState
+from .service import Reservation, WorkerService, WorkerState
 
 __all__ = ["create_app", "request_deadline_s"]
 
@@ -85,33 +86,46 @@ def _check_serving(request: Request) -> WorkerService:
 async def predict_image(request: Request) -> Response:
     """Caption an image or answer a prompt about it; ``"stream": true`` answers server-sent events."""
     service = _check_serving(request)
-    deadline_s = request_deadline_s(request, service.settings.inference_timeout_s)
-    deadline = time.monotonic() + deadline_s
-    async with _deadline(deadline_s):
-        with await _read(request, "image") as media:
-            prepared = await service.prepare_image(media, deadline=deadline)
-        if media.options.stream:
-            return StreamingResponse(_image_events(service, prepared), media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
-        result = await service.run_prepared(prepared)
+    slot = service.reserve("image")
+    try:
+        deadline_s = request_deadline_s(request, service.settings.inference_timeout_s)
+        deadline = time.monotonic() + deadline_s
+        async with _deadline(deadline_s):
+            with await _read(request, "image") as media:
+                prepared = await service.prepare_image(media, deadline=deadline)
+            if media.options.stream:
+                stream = _image_events(service, prepared, slot)
+                slot = None  # the stream holds it until it ends
+                return StreamingResponse(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+            result = await service.run_prepared(prepared)
+    finally:
+        if slot is not None:
+            slot.release()
     return JSONResponse(result.model_dump(), headers={QUEUE_HEADER: str(result.timing.queue_ms)})
 
 
-async def _image_events(service: WorkerService, prepared) -> AsyncIterator[bytes]:
+async def _image_events(service: WorkerService, prepared, slot: Reservation) -> AsyncIterator[bytes]:
     """SSE for one streamed image request; an error after the stream started is its last event."""
     try:
         async for event, data in service.stream_prepared(prepared):
             yield sse_event(data.model_dump() if event == "done" else {"text": data}, event)
     except EngineError as exc:
         yield sse_event(exc.to_body(), "error")
+    finally:
+        slot.release()
 
 
 async def summarize_video(request: Request) -> SummarizeVideoResponse:
     """Describe a short video: scenes, keyframe captions, summary, safety flags, tags."""
     service = _check_serving(request)
-    deadline_s = request_deadline_s(request, service.settings.inference_timeout_s)
-    async with _deadline(deadline_s):
-        with await _read(request, "video") as media:
-            return await service.summarize_video(media, deadline=time.monotonic() + deadline_s)
+    slot = service.reserve("video")
+    try:
+        deadline_s = request_deadline_s(request, service.settings.inference_timeout_s)
+        async with _deadline(deadline_s):
+            with await _read(request, "video") as media:
+                return await service.summarize_video(media, deadline=time.monotonic() + deadline_s)
+    finally:
+        slot.release()
 
 
 @asynccontextmanager
@@ -178,6 +192,26 @@ ROUTES: list[tuple[str, Callable[..., Any], list[str], dict[str, Any]]] = [
 ]
 
 
+async def _pull_jobs(service: WorkerService, worker_id: str | None) -> None:
+    """Once the model is ready, lease queued jobs from the job store (any mode: in sync mode a
+    request may still ask for a job with Prefer: respond-async)."""
+    from ..jobs import open_store_from_settings
+    from .puller import JobPuller
+
+    while service.state is not WorkerState.READY:
+        if service.state is WorkerState.FAILED:
+            return
+        await asyncio.sleep(0.1)
+    store = open_store_from_settings(service.settings)
+    puller = JobPuller(service, store, worker_id=f"{socket.gethostname()}:{os.getpid()}:{worker_id or 'worker'}",
+                       lease_s=service.settings.job_lease_s)
+    try:
+        await puller.run()
+    finally:
+        await puller.stop()
+        await store.close()
+
+
 def create_app(settings: Settings, service: WorkerService | None = None, *, worker_id: str | None = None,
                incarnation: int = 0, on_load_failure: Callable[[BaseException], None] | None = None,
                in_flight: InFlight | None = None) -> FastAPI:
@@ -200,9 +234,12 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
                     on_load_failure(exc)
 
         loader.add_done_callback(_done)
+        puller = asyncio.create_task(_pull_jobs(service, worker_id), name="job-puller")
         try:
             yield
         finally:
+            puller.cancel()
+            await asyncio.gather(puller, return_exceptions=True)
             service.stop()
             tracing.shutdown_tracing()
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from ..config import Settings
-from ..errors import InvalidRequest, NotReady
+from ..errors import InvalidRequest, NotReady, WorkersBusy
+from ..intake.checks import token_budget
 from ..intake.submission import MediaRequest
 from ..media import DecodedImage, decode_image, open_media, read_media
 from ..observability import tracing
@@ -51,8 +52,8 @@ if TYPE_CHECKING:  # torch loads in WorkerService.load, after the HTTP port is a
     from ..video.source import VideoSource
     from ..video.tesseract import TesseractReader
 
-__all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "EngineTranscriber", "PreparedImage", "WorkerService",
-           "WorkerState"]
+__all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "EngineTranscriber", "PreparedImage", "Reservation",
+           "WorkerService", "WorkerState"]
 
 EXIT_DEVICE_FAILED = 4
 """Exit status after an out-of-memory or CUDA error: the device state is unknown, so the worker
@@ -90,7 +91,8 @@ class WorkerService:
         self.settings = settings
         self.worker_id = worker_id
         self.faults = FaultInjector(settings.fault_injection, worker_id, incarnation)
-        self.in_flight = 0
+        self.in_flight = 0  # requests holding a slot (sync and pulled jobs), see reserve()
+        self.video_in_flight = 0
         self.state = WorkerState.LOADING
         self.state_reason = "loading the model"
         self.vlm: FastVLM | None = None
@@ -233,6 +235,26 @@ class WorkerService:
             raise NotReady(f"The worker is not ready: {self.state_reason}.")
         return self.vlm, self.scheduler
 
+    # --- slots ------------------------------------------------------------------------------
+
+    def slots(self) -> int:
+        """Requests this worker holds at once: its engine's sequences, capped by max_concurrent."""
+        capacity = self.capacity()
+        sequences = capacity["sequences"] if capacity else 1
+        return max(1, min(self.settings.max_concurrent, sequences))
+
+    def has_room(self, kind: str) -> bool:
+        if self.in_flight >= self.slots():
+            return False
+        return kind != "video" or self.video_in_flight < min(self.settings.max_video_concurrent, self.slots())
+
+    def reserve(self, kind: str) -> Reservation:
+        """Take a slot for one request, or 503 workers_busy: whoever sends work (a router that cannot
+        see pulled jobs, another router) is sent elsewhere instead of overloading this worker."""
+        if not self.has_room(kind):
+            raise WorkersBusy(f"This worker holds {self.in_flight} of {self.slots()} requests.", retry_after_sec=1.0)
+        return Reservation(self, kind)
+
     # --- health -----------------------------------------------------------------------------
 
     def capacity(self) -> dict[str, int] | None:
@@ -256,6 +278,8 @@ class WorkerService:
             "state": self.state.value,
             "reason": self.state_reason,
             "in_flight": self.in_flight,
+            "video_in_flight": self.video_in_flight,
+            "slots": self.slots() if self.scheduler else None,
             "queue_depth": stats.waiting if stats else 0,
             "active_sequences": stats.active if stats else 0,
             "has_work": bool(stats and stats.has_work),
@@ -274,14 +298,6 @@ class WorkerService:
         }
 
     # --- request preparation ----------------------------------------------------------------
-
-    def _token_budget(self, requested: int | None) -> int:
-        limit = self.settings.max_new_tokens_limit
-        if requested is None:
-            return self.settings.max_new_tokens
-        if requested > limit:
-            raise InvalidRequest(f"max_new_tokens: at most {limit} on this server.", field="max_new_tokens")
-        return requested
 
     def _prompt(self, vlm: FastVLM, prompt: str | None) -> str:
         text = self.settings.default_prompt if prompt is None else prompt
@@ -302,10 +318,9 @@ class WorkerService:
         """The request's sampling settings, validated (422 naming the field when one is wrong)."""
         from ..engine.sampling import SamplingParams
 
-        stop = options.stop if isinstance(options.stop, list) else ([options.stop] if options.stop else [])
         params = SamplingParams(max_new_tokens=budget, temperature=options.temperature or 0.0,
                                 top_p=1.0 if options.top_p is None else options.top_p, top_k=options.top_k or 0,
-                                seed=options.seed, stop=tuple(stop),
+                                seed=options.seed, stop=options.stop_strings(),
                                 repetition_penalty=1.0 if options.repetition_penalty is None
                                 else options.repetition_penalty)
         try:
@@ -330,7 +345,7 @@ class WorkerService:
         started = time.monotonic()
         vlm, _ = self.require_ready()
         options: ImageOptions = media.options
-        budget = self._token_budget(options.max_new_tokens)
+        budget = token_budget(options.max_new_tokens, self.settings)
         prompt = self._prompt(vlm, options.prompt)
         params = self.sampling(options, budget)
 
@@ -347,16 +362,16 @@ class WorkerService:
     def _submit(self, prepared: PreparedImage) -> RequestHandle:
         _, scheduler = self.require_ready()
         self.faults.on_request()
-        return scheduler.submit(prepared.item, prepared.params, deadline=prepared.deadline)
+        try:
+            return scheduler.submit(prepared.item, prepared.params, deadline=prepared.deadline)
+        except ValueError as exc:  # a sampling value the engine refuses: the client's to fix, never a 500
+            field = str(exc).split(":", 1)[0]
+            raise InvalidRequest(f"Invalid request: {exc}", field=field) from None
 
     async def predict_image(self, media: MediaRequest, *, deadline: float | None = None) -> PredictImageResponse:
         """Answer one /predict_image request (a path under the media roots, or an upload)."""
-        self.in_flight += 1
-        try:
-            prepared = await self.prepare_image(media, deadline=deadline)
-            return await self.run_prepared(prepared)
-        finally:
-            self.in_flight -= 1
+        prepared = await self.prepare_image(media, deadline=deadline)
+        return await self.run_prepared(prepared)
 
     async def run_prepared(self, prepared: PreparedImage) -> PredictImageResponse:
         with tracing.span("inference", **{"fastvlm.prompt_tokens": prepared.item.prompt_tokens}) as span:
@@ -375,18 +390,14 @@ class WorkerService:
         Leaving early (the client went away) cancels the request: its KV slot is freed at the next
         step.
         """
-        self.in_flight += 1
-        try:
-            with tracing.span("inference", **{"fastvlm.prompt_tokens": prepared.item.prompt_tokens,
-                                              "fastvlm.stream": True}) as span:
-                handle = self._submit(prepared)
-                async for delta in handle.stream():
-                    yield "delta", delta
-                result = await handle.result()
-                _describe(span, result)
-            yield "done", self._response(prepared, result)
-        finally:
-            self.in_flight -= 1
+        with tracing.span("inference", **{"fastvlm.prompt_tokens": prepared.item.prompt_tokens,
+                                          "fastvlm.stream": True}) as span:
+            handle = self._submit(prepared)
+            async for delta in handle.stream():
+                yield "delta", delta
+            result = await handle.result()
+            _describe(span, result)
+        yield "done", self._response(prepared, result)
 
     def _response(self, prepared: PreparedImage, result: GenerationResult) -> PredictImageResponse:
         vlm, _ = self.require_ready()
@@ -407,43 +418,41 @@ class WorkerService:
         """Describe an image the caller already read (the CLI's path: no media roots apply)."""
         started = time.monotonic()
         vlm, _ = self.require_ready()
-        budget = self._token_budget(max_new_tokens)
+        budget = token_budget(max_new_tokens, self.settings)
         text = self._prompt(vlm, prompt)
         image, item = await asyncio.to_thread(self._decode, vlm, data, text, budget)
         prepared = PreparedImage(image=image, item=item, prompt=text, params=self.sampling(ImageOptions(), budget),
                                  started=started, decoded_at=time.monotonic(), deadline=None)
         return await self.run_prepared(prepared)
 
-    async def summarize_video(self, media: MediaRequest, *, deadline: float | None = None) -> SummarizeVideoResponse:
+    async def summarize_video(self, media: MediaRequest, *, deadline: float | None = None,
+                              on_stage: Callable[[str], None] | None = None) -> SummarizeVideoResponse:
         """Answer one /summarize_video request (a path under the media roots, or an upload)."""
         self.require_ready()
         self.faults.on_request()
-        self.in_flight += 1
+        if media.upload is not None:
+            handle = await asyncio.to_thread(media.upload.open)
+        else:
+            handle = await asyncio.to_thread(open_media, media.path or "", self.settings.media_roots,
+                                             self.settings.video_max_bytes)
         try:
-            if media.upload is not None:
-                handle = await asyncio.to_thread(media.upload.open)
-            else:
-                handle = await asyncio.to_thread(open_media, media.path or "", self.settings.media_roots,
-                                                 self.settings.video_max_bytes)
-            try:
-                result = await self._summarize(handle, media.options, deadline)
-            finally:
-                handle.close()
+            result = await self._summarize(handle, media.options, deadline, on_stage)
         finally:
-            self.in_flight -= 1
+            handle.close()
         if self.metrics is not None:
             self.metrics.video(result.timing.model_dump())
         return result
 
-    async def _summarize(self, source: VideoSource, options: VideoOptions | None,
-                         deadline: float | None = None) -> SummarizeVideoResponse:
+    async def _summarize(self, source: VideoSource, options: VideoOptions | None, deadline: float | None = None,
+                         on_stage: Callable[[str], None] | None = None) -> SummarizeVideoResponse:
         from ..video import summarize_video
 
         vlm, scheduler = self.require_ready()
         captioner = EngineCaptioner(vlm, scheduler, deadline=deadline, on_result=self._observe,
                                     image_fit=self.settings.image_fit)
         return await summarize_video(source, self.settings, captioner, model_name=vlm.name,
-                                     transcriber=self.transcriber(), text_reader=self.text_reader, options=options)
+                                     transcriber=self.transcriber(), text_reader=self.text_reader, options=options,
+                                     on_stage=on_stage)
 
     def _observe(self, result: GenerationResult) -> None:
         if self.metrics is not None:
@@ -452,6 +461,26 @@ class WorkerService:
     async def summarize_file(self, path: str) -> SummarizeVideoResponse:
         """Summarize a local video the caller chose (the CLI's path: no media roots apply)."""
         return await self._summarize(path, None)
+
+
+class Reservation:
+    """One held slot on this worker; release it exactly once (extra calls do nothing)."""
+
+    def __init__(self, service: WorkerService, kind: str) -> None:
+        self._service = service
+        self.kind = kind
+        self.released = False
+        service.in_flight += 1
+        if kind == "video":
+            service.video_in_flight += 1
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self._service.in_flight -= 1
+        if self.kind == "video":
+            self._service.video_in_flight -= 1
 
 
 class EngineCaptioner:
