@@ -214,6 +214,15 @@ class Services:
                 _signal_group(pid, sig)
                 _wait_while(lambda pid=pid: _pid_alive(pid), wait)
 
+    def stop(self, proc: Proc, grace: float = 15.0) -> None:
+        """Stop one process (a router takes its workers with it) before the run ends."""
+        if proc in self.routers and not proc.exited():
+            self._record_workers(proc)
+        _signal_group(proc.popen.pid, signal.SIGTERM)
+        _wait_while(lambda: not proc.exited(), grace)
+        _signal_group(proc.popen.pid, signal.SIGKILL)
+        proc.popen.wait(5.0)
+
     def _cli(self, *args: str) -> None:
         result = subprocess.run([*FASTVLM, *args], env=self.env(), capture_output=True, text=True)
         if result.returncode != 0:
@@ -233,7 +242,7 @@ class Services:
     def start_router(self, **settings: object) -> Proc:
         """``fastvlm serve`` (router plus the workers it spawns) on a free port; not waited for."""
         port = free_port()
-        proc = Proc("router", [*FASTVLM, "serve"], self.env(port=port, **settings), self.tmp / "router.log",
+        proc = Proc("router", [*FASTVLM, "serve"], self.env(port=port, **settings), self.tmp / f"router-{port}.log",
                     f"http://{HOST}:{port}")
         self.procs.append(proc)
         self.routers.append(proc)
