@@ -317,6 +317,80 @@ class Settings(BaseSettings):
         parse_queue_url(value)
         return value.strip()
 
+    # --- cluster (several hosts) ---------------------------------------------------------------
+    registry_url: str = Field("", description="Worker registry shared by the routers and nodes of a cluster: "
+                              "redis://[user:pass@]host:port/db (rediss:// for TLS); empty = no registry (a router "
+                              "routes only to the workers it spawns).")
+    registry_key_prefix: str = Field("fastvlm:cluster:", min_length=1, description="Prefix of every registry key "
+                                     "in Redis, so several clusters (or a job store) can share one Redis database.")
+    registry_ttl_s: float = Field(6.0, gt=0, description="A registry entry vanishes this many seconds after its "
+                                  "node last published it: a stopped, killed or cut-off node's workers stop getting "
+                                  "traffic within this.")
+    registry_heartbeat_s: float = Field(2.0, gt=0, description="How often a node publishes its workers' state "
+                                        "and load; shorter than registry_ttl_s.")
+    registry_timeout_s: float = Field(2.0, gt=0, description="Longest wait for the registry (Redis connect or "
+                                      "command) before it counts as unavailable.")
+    cluster_secret: SecretStr = Field(SecretStr(""), description="Shared by every router and node of a cluster "
+                                      "(at least 16 characters): signs router -> worker requests and registry "
+                                      "entries, and workers reachable from other hosts answer only signed calls. "
+                                      "Empty = loopback only: nodes refuse to advertise any other address.")
+    cluster_replay_window_s: float = Field(30.0, gt=0, le=600, description="A signed request or registry entry "
+                                           "is accepted only while its timestamp is within this many seconds of "
+                                           "the receiver's clock (each request once): keep the hosts' clocks "
+                                           "closer than this (NTP).")
+    advertise_host: str = Field("", description="Address (IP or host name) other hosts reach this node's workers "
+                                "at; empty = worker_host.")
+    host_tags: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="This node's tags, e.g. gpu=h100,zone=eu-1 (comma-separated key=value "
+        "of lower-case letters, digits, '_', '.', '-'); a request requiring tags goes only to hosts offering them "
+        "all.")
+    image_tags: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="Tags an image request requires of a worker's host when it sends no "
+        "X-FastVLM-Tags header (same form as host_tags); empty = any host.")
+    video_tags: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="Tags a video request requires of a worker's host when it sends no "
+        "X-FastVLM-Tags header, e.g. gpu=h100 to keep videos on big GPUs; empty = any host.")
+    local_workers: bool = Field(True, description="`fastvlm serve` spawns workers on this host; false = a "
+                                "router-only host (it routes to registered workers, or only queues jobs).")
+
+    @field_validator("registry_url")
+    @classmethod
+    def _check_registry_url(cls, value: str) -> str:
+        if value.strip():
+            from .cluster.url import parse_registry_url
+
+            parse_registry_url(value)
+        return value.strip()
+
+    @field_validator("cluster_secret")
+    @classmethod
+    def _check_cluster_secret(cls, value: SecretStr) -> SecretStr:
+        from .cluster.secret import MIN_SECRET_CHARS
+
+        if value.get_secret_value() and len(value.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(f"the cluster secret must have at least {MIN_SECRET_CHARS} characters, e.g. from "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return value
+
+    @field_validator("advertise_host")
+    @classmethod
+    def _check_advertise_host(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            from .cluster.addresses import endpoint_url
+
+            endpoint_url(value, 1)
+        return value
+
+    @field_validator("host_tags", "image_tags", "video_tags", mode="before")
+    @classmethod
+    def _parse_tags(cls, value: Any) -> Any:
+        from .cluster.tags import check_tags, parse_tags
+
+        if isinstance(value, str):
+            return parse_tags(value)
+        return check_tags(value) if isinstance(value, dict) else value
+
     # --- video: speech, on-screen text, framing ---
     image_fit: Literal["pad", "crop"] = Field(
         "pad", description="How non-square images and frames reach the model: pad = whole, on a square of "
@@ -517,6 +591,19 @@ def _expected_form(field: str) -> str:
     return f"{form} ({description})" if form and description else form or description
 
 
+_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+
+
+def _shown_input(field: str, value: Any) -> str:
+    """The rejected value as an error may show it: never a secret, nor a password inside a URL."""
+    info = Settings.model_fields.get(field)
+    if info is not None and info.annotation is SecretStr:
+        return "(hidden)"
+    if isinstance(value, str):
+        value = _URL_PASSWORD.sub(r"\1***@", value)
+    return repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 80 else "…"
+
+
 def _format_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -525,8 +612,7 @@ def _format_error(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"{field!r}: unknown setting (check the spelling in {CONFIG_ENV} or the arguments)")
             continue
-        value = err.get("input")
-        shown = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 80 else "…"
+        shown = _shown_input(field, err.get("input"))
         hint = _expected_form(field)
         lines.append(f"{name}: {err['msg']}; got {shown}." + (f" Expected: {hint}" if hint else ""))
     return "invalid configuration:\n  " + "\n  ".join(lines)
@@ -568,6 +654,9 @@ def load_settings(**overrides: Any) -> Settings:
             parse_gpu_sizes(settings.simulate_gpus)
         except ValueError as exc:
             raise SettingsError(f"invalid configuration:\n  FASTVLM_SIMULATE_GPUS: {exc}") from None
+    if settings.registry_heartbeat_s >= settings.registry_ttl_s:
+        raise SettingsError("invalid configuration:\n  FASTVLM_REGISTRY_HEARTBEAT_S must be shorter than "
+                            "FASTVLM_REGISTRY_TTL_S (an entry would expire between two heartbeats)")
     if settings.max_new_tokens > settings.max_new_tokens_limit:
         raise SettingsError("invalid configuration:\n  FASTVLM_MAX_NEW_TOKENS must not exceed "
                             "FASTVLM_MAX_NEW_TOKENS_LIMIT")

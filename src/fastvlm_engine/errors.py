@@ -38,9 +38,11 @@ rules from ``retryable`` and ``may_have_run`` here rather than keeping lists of 
     │   ├── QueueFull                503 queue_full
     │   ├── WorkersBusy              503 workers_busy
     │   ├── NoReadyWorkers           503 no_ready_workers
+    │   ├── NoMatchingWorkers        503 no_matching_workers
     │   ├── ShuttingDown             503 shutting_down
     │   ├── TooManyConnections       503 too_many_connections
     │   ├── QueueUnavailable         503 queue_unavailable
+    │   ├── RegistryUnavailable      503 registry_unavailable
     │   └── JobExpired               503 job_expired (a job's error object)
     ├── InferenceTimeout             504 inference_timeout
     ├── WorkerFailed                 502 worker_failed
@@ -82,6 +84,7 @@ __all__ = [
     "MediaNotFound",
     "MediaTooLarge",
     "MethodNotAllowed",
+    "NoMatchingWorkers",
     "NoReadyWorkers",
     "NotReady",
     "PathNotAllowed",
@@ -89,6 +92,7 @@ __all__ = [
     "QueueFull",
     "QueueUnavailable",
     "RateLimited",
+    "RegistryUnavailable",
     "RequestError",
     "RequestTimeout",
     "RouteNotFound",
@@ -388,6 +392,21 @@ class NoReadyWorkers(CapacityError):
     default_message = "No worker is ready to serve requests."
 
 
+class NoMatchingWorkers(CapacityError):
+    """No ready worker on a host whose tags match the request's (``X-FastVLM-Tags`` or the endpoint's defaults).
+
+    Never answered by falling back to other hosts. Retryable: a matching host may join, finish
+    draining or come back within a registry heartbeat, so the raiser must give a retry hint.
+    """
+
+    code = "no_matching_workers"
+    default_message = "No ready worker runs on a host with the required tags."
+
+    def __init__(self, message: str | None = None, *, required_tags: dict[str, str], retry_after_sec: float,
+                 **details: Any) -> None:
+        super().__init__(message, retry_after_sec=retry_after_sec, required_tags=dict(required_tags), **details)
+
+
 class ShuttingDown(CapacityError):
     code = "shutting_down"
     default_message = "The service is shutting down and takes no new requests."
@@ -405,6 +424,18 @@ class QueueUnavailable(CapacityError):
 
     code = "queue_unavailable"
     default_message = "The job queue is unavailable."
+    retryable = True
+
+
+class RegistryUnavailable(CapacityError):
+    """The worker registry (Redis) cannot be reached; the message names its host, never a password.
+
+    Routers keep routing to the workers of their last good snapshot for up to one TTL, so clients
+    see this only when nothing is known at all.
+    """
+
+    code = "registry_unavailable"
+    default_message = "The worker registry is unavailable."
     retryable = True
 
 
