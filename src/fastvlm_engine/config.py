@@ -334,10 +334,10 @@ class Settings(BaseSettings):
                                       "(at least 16 characters): signs router -> worker requests and registry "
                                       "entries, and workers reachable from other hosts answer only signed calls. "
                                       "Empty = loopback only: nodes refuse to advertise any other address.")
-    cluster_replay_window_s: float = Field(30.0, gt=0, le=600, description="A signed request or registry entry "
-                                           "is accepted only while its timestamp is within this many seconds of "
-                                           "the receiver's clock (each request once): keep the hosts' clocks "
-                                           "closer than this (NTP).")
+    cluster_replay_window_s: float = Field(30.0, gt=0, le=600, description="A signed request is accepted only "
+                                           "while its timestamp is within this many seconds of the receiver's "
+                                           "clock (each request once), a registry entry only within its TTL plus "
+                                           "this: keep the hosts' clocks closer than this (NTP).")
     advertise_host: str = Field("", description="Address (IP or host name) other hosts reach this node's workers "
                                 "at; empty = worker_host.")
     host_tags: Annotated[dict[str, str], NoDecode] = Field(
