@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -43,14 +44,30 @@ def _print_json(document: dict) -> None:
     print(json.dumps(document, indent=2, ensure_ascii=False))
 
 
+def _settings_from_fd(fd: int) -> Settings:
+    """The settings a supervisor wrote to this worker's pipe (JSON), instead of the environment."""
+    with os.fdopen(fd, "rb") as pipe:
+        values = json.loads(pipe.read())
+    return _settings(**values)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .worker.server import run_worker
 
-    settings = _settings()
+    settings = _settings_from_fd(args.settings_fd) if args.settings_fd is not None else _settings()
     _configure_logging(settings, args.worker_id or "worker")
     _quiet_ffmpeg()
     return run_worker(settings, host=args.host or settings.worker_host, port=args.port, fd=args.fd,
                       parent_pid=args.parent_pid, worker_id=args.worker_id, incarnation=args.incarnation)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from .supervisor.node import run_node
+
+    overrides = {"max_workers": args.workers, "advertise_host": args.advertise, "node_name": args.name}
+    settings = _settings(**overrides)
+    _configure_logging(settings, "node")
+    return run_node(settings)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -214,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=None, help="max workers (default FASTVLM_MAX_WORKERS)")
     serve.set_defaults(func=cmd_serve)
 
+    node = sub.add_parser("node", help="run this host's workers for a cluster: publish them in the registry "
+                                       "(FASTVLM_REGISTRY_URL); no client-facing API")
+    node.add_argument("--advertise", default=None, help="address other hosts reach the workers at "
+                                                        "(default FASTVLM_ADVERTISE_HOST)")
+    node.add_argument("--name", default=None, help="this node's name (default FASTVLM_NODE_NAME, the host name)")
+    node.add_argument("--workers", type=int, default=None, help="max workers (default FASTVLM_MAX_WORKERS)")
+    node.set_defaults(func=cmd_node)
+
     worker = sub.add_parser("worker", help="run one worker (one model on one device) over HTTP")
     worker.add_argument("--host", default=None, help="bind address (default FASTVLM_WORKER_HOST)")
     worker.add_argument("--port", type=int, default=0, help="port (0 = any free port)")
@@ -222,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     worker.add_argument("--worker-id", default=None, help=argparse.SUPPRESS)
     worker.add_argument("--incarnation", type=int, default=0, help=argparse.SUPPRESS)
+    worker.add_argument("--settings-fd", type=int, default=None, help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
 
     describe = sub.add_parser("describe", help="describe one image in-process and print the JSON")

@@ -338,6 +338,9 @@ class Settings(BaseSettings):
                                            "while its timestamp is within this many seconds of the receiver's "
                                            "clock (each request once), a registry entry only within its TTL plus "
                                            "this: keep the hosts' clocks closer than this (NTP).")
+    node_name: str = Field("", pattern=r"^[A-Za-z0-9._:-]{0,64}$", description="This host's name in the cluster "
+                           "(routing groups, drains and /healthz use it; worker ids are <node_name>/<w0>); empty = "
+                           "the system host name. Must be unique per node.")
     advertise_host: str = Field("", description="Address (IP or host name) other hosts reach this node's workers "
                                 "at; empty = worker_host.")
     host_tags: Annotated[dict[str, str], NoDecode] = Field(

@@ -9,6 +9,7 @@ rules from ``retryable`` and ``may_have_run`` here rather than keeping lists of 
     ├── RequestError
     │   ├── InvalidJSON              400 invalid_json
     │   ├── InvalidRequest           422 invalid_request
+    │   ├── InvalidTags              400 invalid_tags
     │   ├── ContextTooLong           400 context_length_exceeded
     │   ├── HttpError                4xx http_error (any other protocol-level refusal)
     │   ├── RequestTimeout           408 request_timeout
@@ -20,6 +21,7 @@ rules from ``retryable`` and ``may_have_run`` here rather than keeping lists of 
     │   ├── ForbiddenIP              403 forbidden_ip
     │   ├── RateLimited              429 rate_limited
     │   ├── WorkerNotFound           404 worker_not_found
+    │   ├── HostNotFound             404 host_not_found
     │   ├── WorkerNotQuarantined     409 worker_not_quarantined
     │   └── JobNotFound              404 job_not_found
     ├── MediaError
@@ -62,13 +64,14 @@ import math
 from typing import Any, ClassVar
 
 __all__ = [
-    "ERROR_CODES",
     "CapacityError",
-    "ContextTooLong",
-    "EngineError",
     "ClientClosedRequest",
+    "ContextTooLong",
+    "ERROR_CODES",
+    "EngineError",
     "FetchFailed",
     "ForbiddenIP",
+    "HostNotFound",
     "HttpError",
     "ImageTooLarge",
     "InferenceFailed",
@@ -76,6 +79,7 @@ __all__ = [
     "InvalidImage",
     "InvalidJSON",
     "InvalidRequest",
+    "InvalidTags",
     "InvalidVideo",
     "JobAttemptsExhausted",
     "JobExpired",
@@ -190,6 +194,14 @@ class InvalidRequest(RequestError):
     default_message = "The request body does not match the endpoint's schema."
 
 
+class InvalidTags(RequestError):
+    """An ``X-FastVLM-Tags`` header that is not a valid tag set: the message names the bad part."""
+
+    code = "invalid_tags"
+    http_status = 400
+    default_message = "The X-FastVLM-Tags header is not a valid tag set (key=value,...)."
+
+
 class ContextTooLong(RequestError):
     """Prompt plus max_new_tokens exceed what one sequence may hold on this worker: it can never run."""
 
@@ -276,6 +288,12 @@ class WorkerNotFound(RequestError):
     code = "worker_not_found"
     http_status = 404
     default_message = "No worker has that id."
+
+
+class HostNotFound(RequestError):
+    code = "host_not_found"
+    http_status = 404
+    default_message = "No host by that name is registered."
 
 
 class WorkerNotQuarantined(RequestError):

@@ -2,12 +2,12 @@ import asyncio
 
 import pytest
 
+from fastvlm_engine.cluster.endpoint import Device, WorkerEndpoint, WorkerState
 from fastvlm_engine.router.admission import IMAGE, VIDEO, Admission
-from fastvlm_engine.router.workers import Device, Worker, WorkerState
 
 
-def ready(worker_id: str, gpu: int | None = None, slots: int = 2) -> Worker:
-    worker = Worker(id=worker_id, device=Device(gpu=gpu, simulated=gpu is not None))
+def ready(worker_id: str, gpu: int | None = None, slots: int = 2) -> WorkerEndpoint:
+    worker = WorkerEndpoint(id=worker_id, device=Device(gpu=gpu, simulated=gpu is not None))
     worker.set_state(WorkerState.READY, "test")
     worker.slots = slots
     return worker
@@ -86,7 +86,7 @@ def test_single_slot_workers_still_take_videos():
 
 
 def test_only_ready_workers_and_not_excluded():
-    starting = Worker(id="s", device=Device())
+    starting = WorkerEndpoint(id="s", device=Device())
     a = ready("a")
     admission = admission_over([starting, a])
     assert admission_over([starting]).try_acquire(IMAGE) is None
@@ -211,3 +211,55 @@ def test_images_go_first_but_an_aged_video_goes_before_them():
         await asyncio.gather(later_image, return_exceptions=True)
 
     asyncio.run(run())
+
+
+def tagged(worker_id: str, host: str, slots: int = 1, **tags: str) -> WorkerEndpoint:
+    worker = ready(worker_id, slots=slots)
+    worker.host, worker.tags = host, dict(tags)
+    return worker
+
+
+def test_required_tags_pick_only_matching_workers_and_capacity_counts_only_them():
+    big, small = tagged("a/w0", "a", slots=2, gpu="big"), tagged("b/w0", "b", slots=3, gpu="small")
+    admission = admission_over([big, small])
+    leases = [admission.try_acquire(IMAGE, tags={"gpu": "big"}) for _ in range(2)]
+    assert {lease.worker.id for lease in leases} == {"a/w0"}
+    assert admission.try_acquire(IMAGE, tags={"gpu": "big"}) is None  # never a silent fallback to b
+    assert admission.capacity(IMAGE, {"gpu": "big"}) == 2 and admission.capacity(IMAGE) == 5
+    assert admission.matching({"gpu": "huge"}) == [] and not admission.available(IMAGE, {"gpu": "huge"})
+    assert admission.try_acquire(IMAGE).worker is small  # no tags: anyone
+
+
+def test_the_same_gpu_index_on_two_hosts_is_two_gpus_in_the_tie_break():
+    a0, a1 = tagged("a/w0", "a", slots=4), tagged("a/w1", "a", slots=4)
+    b0 = tagged("b/w0", "b", slots=4)
+    for worker in (a0, a1, b0):
+        worker.device = Device(gpu=0)  # every host numbers its GPUs from 0
+    a0.in_flight = 1  # a's GPU 0 is busier than b's GPU 0, so a1 (idle, same GPU as a0) loses to b0
+    admission = admission_over([a0, a1, b0])
+    assert admission.try_acquire(IMAGE).worker is b0
+
+
+def test_routing_counts_what_a_worker_reports_for_other_routers():
+    shared, idle = tagged("a/w0", "a", slots=4), tagged("b/w0", "b", slots=4)
+    shared.reported_in_flight = 3  # another router's requests
+    assert admission_over([shared, idle]).try_acquire(IMAGE).worker is idle
+
+
+def test_a_waiter_only_busy_hosts_match_does_not_hold_up_the_ones_behind_it():
+    async def scenario() -> tuple[str, str]:
+        big, small = tagged("a/w0", "a", gpu="big"), tagged("b/w0", "b", gpu="small")
+        admission = admission_over([big, small], queue_size=4, queue_wait_s=5.0)
+        held_big = admission.try_acquire(IMAGE, tags={"gpu": "big"})
+        held_small = admission.try_acquire(IMAGE, tags={"gpu": "small"})
+        first = asyncio.ensure_future(admission.acquire(IMAGE, {"gpu": "big"}))
+        second = asyncio.ensure_future(admission.acquire(IMAGE, {"gpu": "small"}))
+        await asyncio.sleep(0)
+        held_small.release(succeeded=True)  # only the second waiter fits the freed slot
+        lease = await asyncio.wait_for(second, 2)
+        assert not first.done()
+        held_big.release(succeeded=True)
+        other = await asyncio.wait_for(first, 2)
+        return lease.worker.id, other.worker.id
+
+    assert asyncio.run(scenario()) == ("b/w0", "a/w0")

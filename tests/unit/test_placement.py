@@ -1,7 +1,7 @@
+from fastvlm_engine.cluster.endpoint import Device
 from fastvlm_engine.config import parse_gpu_sizes
-from fastvlm_engine.router.inventory import GpuStatus, SimulatedInventory
-from fastvlm_engine.router.placement import Placement
-from fastvlm_engine.router.workers import Device
+from fastvlm_engine.supervisor.inventory import GpuStatus, SimulatedInventory
+from fastvlm_engine.supervisor.placement import Placement
 
 GiB = 1 << 30
 
@@ -71,6 +71,8 @@ def test_a_full_gpu_gets_no_first_worker():
 
 def test_device_env_pins_one_gpu():
     assert Device(gpu=3).worker_env("GPU-3")["CUDA_VISIBLE_DEVICES"] == "GPU-3"
-    assert Device(gpu=3, simulated=True).worker_env("")["FASTVLM_DEVICE"] == "cpu"
+    assert Device(gpu=3).torch_device == "cuda:0"  # it sees only its own GPU
+    assert Device(gpu=3, simulated=True).worker_env("") == {"CUDA_VISIBLE_DEVICES": ""}
+    assert Device(gpu=3, simulated=True).torch_device == "cpu" and Device().torch_device == "cpu"
     assert Device().label == "cpu" and Device(gpu=1).label == "cuda:1"
     assert Device(gpu=1, simulated=True).label == "sim-gpu:1"

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from fastvlm_engine.router.inventory import visible_indices
-from fastvlm_engine.router.logpump import LineSplitter, LogWriter, pump_lines
-from fastvlm_engine.router.workers import Device
+from fastvlm_engine.cluster.endpoint import Device
+from fastvlm_engine.supervisor.inventory import visible_indices
+from fastvlm_engine.supervisor.logpump import LineSplitter, LogWriter, pump_lines
 
 
 def test_lines_longer_than_the_stream_reader_limit_are_cut_not_fatal():
@@ -81,6 +81,6 @@ def test_an_inherited_cuda_visible_devices_is_respected(setting, expected):
 
 def test_workers_are_pinned_by_uuid_in_pci_bus_order():
     env = Device(gpu=2).worker_env("GPU-cccc-2")
-    assert env == {"CUDA_VISIBLE_DEVICES": "GPU-cccc-2", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "FASTVLM_DEVICE": "cuda:0"}
-    assert Device().worker_env("")["FASTVLM_DEVICE"] == "cpu"
+    assert env == {"CUDA_VISIBLE_DEVICES": "GPU-cccc-2", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert Device().worker_env("") == {"CUDA_VISIBLE_DEVICES": ""}
     assert Device(gpu=0, simulated=True).worker_env("")["CUDA_VISIBLE_DEVICES"] == ""

@@ -1,4 +1,4 @@
-from fastvlm_engine.router.upstream import end_to_end_headers
+from fastvlm_engine.web.upstream import end_to_end_headers
 
 
 def test_hop_by_hop_headers_are_not_copied():
@@ -14,7 +14,7 @@ def test_a_connect_timeout_means_the_worker_was_never_reached():
 
     import pytest
 
-    from fastvlm_engine.router.upstream import Upstream, WorkerUnreachable
+    from fastvlm_engine.web.upstream import Upstream, WorkerUnreachable
     from tests.helpers.sockets import unaccepting_port
 
     with unaccepting_port() as port:

@@ -89,13 +89,14 @@ class WorkerMetrics(HttpMetrics):
 
 
 class PoolCollector(Collector):
-    """Series read from the pool and the GPU inventory at scrape time."""
+    """Series read from the worker endpoints, the local supervisor and the GPU inventory at scrape time."""
 
     def __init__(self, workers: Callable[[], Iterable[Any]], states: Iterable[str],
-                 gpus: Callable[[], Iterable[Any]]) -> None:
+                 gpus: Callable[[], Iterable[Any]], restarts: Callable[[], Mapping[str, int]] = dict) -> None:
         self._workers = workers
         self._states = tuple(states)
         self._gpus = gpus
+        self._restarts = restarts
 
     def collect(self) -> Iterable[Metric]:
         workers = list(self._workers())
@@ -104,11 +105,12 @@ class PoolCollector(Collector):
             by_state.add_metric([state], sum(1 for w in workers if w.state.value == state))
         in_flight = GaugeMetricFamily("fastvlm_requests_in_flight", "Requests a worker holds now.",
                                       labels=["worker"])
-        restarts = CounterMetricFamily("fastvlm_worker_restarts", "Times a worker slot was replaced.",
+        restarts = CounterMetricFamily("fastvlm_worker_restarts", "Times a worker slot of this host was replaced.",
                                        labels=["worker"])
         for worker in workers:
             in_flight.add_metric([worker.id], worker.in_flight)
-            restarts.add_metric([worker.id], worker.restarts)
+        for worker_id, count in self._restarts().items():
+            restarts.add_metric([worker_id], count)
         yield from (by_state, in_flight, restarts)
         gpus = list(self._gpus())
         if not gpus:

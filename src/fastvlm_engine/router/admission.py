@@ -3,8 +3,10 @@
 Everything here runs on the router's event loop, so counters need no locks. A worker has
 ``slots`` (its engine's capacity, capped by ``max_concurrent``); videos may hold at most
 ``max_video_concurrent`` of them, which keeps image traffic from starving behind long videos.
-The least-loaded ready worker wins; ties go to the GPU with less work in flight, then to the
-worker with the lower measured latency.
+A request may require host tags (all must match the worker's). The least-loaded matching ready
+worker wins — load being the larger of this router's leases and what the worker itself reports,
+since other routers and pulled jobs share it — ties going to the GPU (of that host) with less
+work in flight, then the one with more free memory, then the lower measured latency.
 
 When every slot is taken, a request may wait in a bounded FIFO per endpoint class (the admission
 queue) for up to ``queue_wait_s``; the moment a slot frees, it is handed to the first waiter that
@@ -18,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .workers import Worker, WorkerState
+from ..cluster.endpoint import WorkerEndpoint, WorkerState
+from ..cluster.tags import matches
+
+NO_TAGS: Mapping[str, str] = {}
 
 __all__ = ["IMAGE", "VIDEO", "Admission", "Lease"]
 
@@ -34,7 +39,7 @@ class Lease:
     """One slot on one worker; release it exactly once (through its admission, which may hand the
     slot straight to a waiting request)."""
 
-    worker: Worker
+    worker: WorkerEndpoint
     endpoint: str
     on_release: Callable[[Lease], None] | None = None
     started: float = field(default_factory=time.monotonic)
@@ -59,14 +64,15 @@ class Lease:
 @dataclass(eq=False)
 class _Waiter:
     endpoint: str
+    tags: Mapping[str, str]
     future: asyncio.Future
     enqueued_at: float
 
 
 class Admission:
-    """Slot accounting over the pool's workers, with a bounded wait for a slot."""
+    """Slot accounting over the worker endpoints, with a bounded wait for a slot."""
 
-    def __init__(self, workers: Callable[[], Iterable[Worker]], max_video_concurrent: int, *,
+    def __init__(self, workers: Callable[[], Iterable[WorkerEndpoint]], max_video_concurrent: int, *,
                  queue_size: Callable[[], int] | int = 0, queue_wait_s: float = 0.0, video_aging_s: float = 5.0,
                  expected_wait: Callable[[str, int], float] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -85,58 +91,67 @@ class Admission:
 
     # --- slots ------------------------------------------------------------------------------
 
-    def video_slots(self, worker: Worker) -> int:
+    def video_slots(self, worker: WorkerEndpoint) -> int:
         # With a single slot a video must be allowed to take it; otherwise keep one for images.
         return min(self.max_video, worker.slots)
 
-    def has_room(self, worker: Worker, endpoint: str) -> bool:
+    def has_room(self, worker: WorkerEndpoint, endpoint: str, tags: Mapping[str, str] = NO_TAGS) -> bool:
         if worker.state is not WorkerState.READY or worker.in_flight >= worker.slots:
+            return False
+        if tags and not matches(tags, worker.tags):
             return False
         return endpoint != VIDEO or worker.video_in_flight < self.video_slots(worker)
 
-    def try_acquire(self, endpoint: str, exclude: Iterable[str] = ()) -> Lease | None:
+    def matching(self, tags: Mapping[str, str] = NO_TAGS) -> list[WorkerEndpoint]:
+        """Ready workers that offer every required tag."""
+        return [w for w in self._workers() if w.state is WorkerState.READY and matches(tags, w.tags)]
+
+    def try_acquire(self, endpoint: str, exclude: Iterable[str] = (), tags: Mapping[str, str] = NO_TAGS
+                    ) -> Lease | None:
         """Take a slot on the best worker for ``endpoint`` now, or None when every slot is taken."""
         skip = set(exclude)
         pool = list(self._workers())
-        candidates = [w for w in pool if w.id not in skip and self.has_room(w, endpoint)]
+        candidates = [w for w in pool if w.id not in skip and self.has_room(w, endpoint, tags)]
         if not candidates:
             return None
-        gpu_load: dict[int | None, int] = {}
+        gpu_load: dict[tuple[str, int | None], int] = {}
         for w in pool:
-            gpu_load[w.device.gpu] = gpu_load.get(w.device.gpu, 0) + w.in_flight
-        best = min(candidates, key=lambda w: (w.in_flight / max(1, w.slots), gpu_load[w.device.gpu],
+            key = (w.host, w.device.gpu)
+            gpu_load[key] = gpu_load.get(key, 0) + w.in_flight
+        best = min(candidates, key=lambda w: (w.load(), gpu_load[(w.host, w.device.gpu)], -(w.gpu_free_bytes or 0),
                                               w.latency(endpoint).get(), w.id))
         best.in_flight += 1
         if endpoint == VIDEO:
             best.video_in_flight += 1
         return Lease(worker=best, endpoint=endpoint, on_release=self._released)
 
-    def capacity(self, endpoint: str) -> int:
-        """Slots this endpoint could use on ready workers."""
-        workers = [w for w in self._workers() if w.state is WorkerState.READY]
-        return sum(self.video_slots(w) if endpoint == VIDEO else w.slots for w in workers)
+    def capacity(self, endpoint: str, tags: Mapping[str, str] = NO_TAGS) -> int:
+        """Slots this endpoint could use on ready (matching) workers."""
+        return sum(self.video_slots(w) if endpoint == VIDEO else w.slots for w in self.matching(tags))
 
     # --- the admission queue ----------------------------------------------------------------
 
     def queue_depth(self, endpoint: str) -> int:
         return len(self._waiting[endpoint])
 
-    def could_wait(self, endpoint: str) -> bool:
+    def could_wait(self, endpoint: str, tags: Mapping[str, str] = NO_TAGS) -> bool:
         """Would a request that finds no free slot be allowed to queue (cheap: no body read yet)?"""
         if self.queue_wait_s <= 0 or len(self._waiting[endpoint]) >= self._queue_size():
             return False
+        if tags and not self.matching(tags):
+            return False  # nothing could ever take it: say so now rather than after the wait
         return self._expected_wait(endpoint, len(self._waiting[endpoint]) + 1) <= self.queue_wait_s
 
-    def available(self, endpoint: str) -> bool:
+    def available(self, endpoint: str, tags: Mapping[str, str] = NO_TAGS) -> bool:
         """A slot is free now, or the request could wait for one."""
-        return any(self.has_room(w, endpoint) for w in self._workers()) or self.could_wait(endpoint)
+        return any(self.has_room(w, endpoint, tags) for w in self._workers()) or self.could_wait(endpoint, tags)
 
-    async def acquire(self, endpoint: str) -> Lease | None:
+    async def acquire(self, endpoint: str, tags: Mapping[str, str] = NO_TAGS) -> Lease | None:
         """A slot now, or after waiting in the queue; None when the request must be turned away."""
-        lease = self.try_acquire(endpoint)
-        if lease is not None or not self.could_wait(endpoint):
+        lease = self.try_acquire(endpoint, tags=tags)
+        if lease is not None or not self.could_wait(endpoint, tags):
             return lease
-        waiter = _Waiter(endpoint, asyncio.get_running_loop().create_future(), self._clock())
+        waiter = _Waiter(endpoint, tags, asyncio.get_running_loop().create_future(), self._clock())
         self._waiting[endpoint].append(waiter)
         try:  # asyncio.timeout, not wait_for: wait_for may swallow a cancel that races the hand-over
             async with asyncio.timeout(self.queue_wait_s):
@@ -171,15 +186,16 @@ class Admission:
             waiter = self._next_waiter()
             if waiter is None:
                 return
-            lease = self.try_acquire(waiter.endpoint)
+            lease = self.try_acquire(waiter.endpoint, tags=waiter.tags)
             if lease is None:
                 return
-            self._waiting[waiter.endpoint].popleft()
+            self._waiting[waiter.endpoint].remove(waiter)
             waiter.future.set_result(lease)
 
     def _next_waiter(self) -> _Waiter | None:
-        """Images first, unless the oldest video has waited past the aging limit; only a waiter
-        some worker has room for now."""
+        """Images first, unless the oldest video has waited past the aging limit; in each queue the
+        first waiter some worker has room for now (a waiter whose tags only busy hosts match does
+        not hold up the ones behind it)."""
         images, videos = self._waiting[IMAGE], self._waiting[VIDEO]
         for queue in (images, videos):
             while queue and queue[0].future.done():  # timed out or cancelled, not yet cleaned up
@@ -188,6 +204,7 @@ class Admission:
         order = (videos, images) if aged else (images, videos)
         workers = list(self._workers())
         for queue in order:
-            if queue and any(self.has_room(w, queue[0].endpoint) for w in workers):
-                return queue[0]
+            for waiter in queue:
+                if not waiter.future.done() and any(self.has_room(w, waiter.endpoint, waiter.tags) for w in workers):
+                    return waiter
         return None

@@ -45,6 +45,8 @@ ROUTES: list[tuple[str, Callable[..., Any], list[str], dict[str, Any]]] = [
     ("/metrics", health.metrics, ["GET"], {"response_class": PlainTextResponse}),
     ("/admin/workers/{worker_id}/release", admin.release_worker, ["POST"],
      {"responses": error_responses(401, 404, 409)}),
+    ("/admin/hosts/{host}/drain", admin.drain_host, ["POST"], {"responses": error_responses(401, 404, 503)}),
+    ("/admin/hosts/{host}/drain", admin.undrain_host, ["DELETE"], {"responses": error_responses(401, 404, 503)}),
     ("/job/{job_id}", jobs.get_job, ["GET"], {"responses": error_responses(404, 422)}),
     ("/jobs/{job_id}", jobs.get_job, ["GET"], {"responses": error_responses(404, 422), "include_in_schema": False}),
     ("/job/{job_id}", jobs.cancel_job, ["DELETE"], {"responses": error_responses(404)}),
@@ -67,7 +69,10 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tracing.setup_tracing("fastvlm-router", **{"fastvlm.role": "router"})
         await state.upstream.start()
-        await state.pool.start()
+        if state.supervisor is not None:
+            await state.supervisor.start()
+        if state.endpoints.remote is not None:
+            await state.endpoints.remote.start()
         log.info("job store: %s", state.jobs.description())
         sweeper = asyncio.get_running_loop().create_task(jobs.sweep_forever(state), name="job-sweeper")
         try:
@@ -75,7 +80,10 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
         finally:
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
-            await state.pool.stop(grace=max(5.0, settings.shutdown_grace_s))
+            if state.endpoints.remote is not None:
+                await state.endpoints.remote.stop()
+            if state.supervisor is not None:
+                await state.supervisor.stop(grace=max(5.0, settings.shutdown_grace_s))
             await state.upstream.close()
             await state.jobs.close()
             state.inventory.close()

@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 from starlette.requests import Request
 
+from ..cluster.endpoint import EndpointLost
 from ..errors import NotReady, ShuttingDown, WorkerFailed, WorkersBusy
 from ..headers import DEADLINE_HEADER, REQUEST_ID_HEADER
 from ..intake.submission import MediaRequest
 from ..observability import tracing
 from ..web import request_id_of
+from ..web.upstream import OpenUpstream, WorkerUnreachable
 from .admission import IMAGE, VIDEO, Lease
 from .state import RouterState
-from .upstream import OpenUpstream, WorkerUnreachable
 
 __all__ = ["NothingFree", "forward", "worker_deadline_s", "worker_payload"]
 
@@ -51,10 +53,11 @@ def worker_payload(media: MediaRequest) -> tuple[Any, dict[str, str]]:
     return writer, {}
 
 
-async def forward(state: RouterState, request: Request, lease: Lease, media: MediaRequest
-                  ) -> tuple[OpenUpstream, Lease]:
+async def forward(state: RouterState, request: Request, lease: Lease, media: MediaRequest,
+                  tags: Mapping[str, str]) -> tuple[OpenUpstream, Lease]:
     """Send to the lease's worker; on a connection that never reached it (refused, or a connect
-    timeout) try another worker, and retry an image once elsewhere if its worker died mid-request.
+    timeout) try another worker (one matching ``tags``), and retry an image once elsewhere if its
+    worker died mid-request or its host was lost.
 
     Returns the opened response (its body still to be read or streamed) and the lease that
     produced it; on failure every lease it took is released.
@@ -70,28 +73,33 @@ async def forward(state: RouterState, request: Request, lease: Lease, media: Med
         while True:
             try:
                 body, content_type = worker_payload(media)
-                with tracing.span("proxy", tracing.SpanKind.CLIENT, **{"fastvlm.worker": lease.worker.id}):
-                    headers = {**content_type, REQUEST_ID_HEADER: request_id_of(request) or "",
+                worker = lease.worker
+                with tracing.span("proxy", tracing.SpanKind.CLIENT, **{"fastvlm.worker": worker.id}):
+                    request_id = request_id_of(request) or ""
+                    headers = {**content_type, REQUEST_ID_HEADER: request_id,
                                DEADLINE_HEADER: str(int(worker_deadline_s(timeout) * 1000)),
-                               **lease.worker.auth_headers()}
+                               **worker.auth_headers("POST", endpoint, request_id=request_id,
+                                                     body_length=len(body) if isinstance(body, bytes) else None)}
                     tracing.inject(headers)
-                    response = await state.upstream.open("POST", lease.worker.url + endpoint, body=body,
-                                                         headers=headers, timeout_s=timeout)
+                    response = await worker.unless_lost(state.upstream.open(
+                        "POST", worker.url + endpoint, body=body, headers=headers, timeout_s=timeout))
                 if not await _busy(response):
                     return response, lease
                 log.info("worker %s cannot take it now (full, draining or loading); trying another", lease.worker.id)
             except WorkerUnreachable:
                 log.warning("worker %s could not be reached; trying another", lease.worker.id)
-            except WorkerFailed as exc:
+            except (WorkerFailed, EndpointLost) as exc:
                 reached = True
                 if failures_left <= 0:
-                    exc.retry_after_sec = hint
-                    raise
+                    failure = exc if isinstance(exc, WorkerFailed) else WorkerFailed(
+                        f"The worker's host was lost mid-request ({exc}).")
+                    failure.retry_after_sec = hint
+                    raise failure from None
                 failures_left -= 1
                 log.warning("worker %s failed mid-request; retrying the image once elsewhere", lease.worker.id)
             lease.release(succeeded=False)
             tried.append(lease.worker.id)
-            replacement = state.admission.try_acquire(endpoint, exclude=tried)
+            replacement = state.admission.try_acquire(endpoint, exclude=tried, tags=tags)
             if replacement is None:
                 if not reached:  # nothing ran anywhere: this is plain shedding, not a failure
                     raise NothingFree()
@@ -109,6 +117,10 @@ loaded yet, whatever the router last heard from it): another worker may take it.
 
 
 async def _busy(response: OpenUpstream) -> bool:
+    if response.status == 401:  # the worker refused this router's credential: never the client's problem
+        await response.read()
+        log.error("a worker refused this router's credential (is FASTVLM_CLUSTER_SECRET the same everywhere?)")
+        return True
     if response.status != 503 or response.is_stream:
         return False
     body = await response.read()

@@ -17,7 +17,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ..stats import Ewma
+
 __all__ = ["MAX_ATTEMPT", "Ewma", "RetryAfterEstimator", "parse_attempt"]
+
 
 MAX_ATTEMPT = 10
 """Attempts above this count as this; the header is client-controlled and must stay harmless."""
@@ -37,25 +40,6 @@ def parse_attempt(value: str | None) -> int:
     if not math.isfinite(number) or number <= 0:
         return 0
     return min(MAX_ATTEMPT, int(number))
-
-
-class Ewma:
-    """Exponentially weighted moving average with a prior used until the first sample."""
-
-    def __init__(self, prior: float, alpha: float = 0.2) -> None:
-        if not 0 < alpha <= 1:
-            raise ValueError("alpha must be in (0, 1]")
-        self.prior = prior
-        self.alpha = alpha
-        self.value: float | None = None
-
-    def update(self, sample: float) -> None:
-        if not math.isfinite(sample) or sample < 0:
-            return
-        self.value = sample if self.value is None else self.value + self.alpha * (sample - self.value)
-
-    def get(self) -> float:
-        return self.prior if self.value is None else self.value
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def run_router(settings: Settings) -> int:
     def start_draining() -> None:
         log.info("signal received: admission stopped, %d request(s) in flight get up to %.0fs",
                  len(state.in_flight), settings.shutdown_grace_s)
-        state.pool.start_draining()
+        state.start_draining()
 
     serve(app, host=settings.host, port=settings.port, in_flight=state.in_flight,
           grace_s=settings.shutdown_grace_s, on_drain=start_draining,

@@ -8,28 +8,29 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
+from ..cluster.endpoint import WorkerState
 from ..config import Settings
 from ..observability.metrics import API_ENDPOINTS, DURATION_BUCKETS, HttpMetrics, PoolCollector, QueueCollector
+from ..supervisor.inventory import Inventory, make_inventory
+from ..supervisor.pool import Supervisor
 from ..web import InFlight
+from ..web.upstream import Upstream
 from .admission import IMAGE, VIDEO, Admission
+from .endpoints import Endpoints
 from .jobs import DrainRate
+from .retry_after import RetryAfterEstimator
 
 if TYPE_CHECKING:
     from ..jobs import JobStore
-from .inventory import Inventory, make_inventory
-from .pool import WorkerPool
-from .retry_after import RetryAfterEstimator
-from .upstream import Upstream
-from .workers import WorkerState
 
 __all__ = ["RouterMetrics", "RouterState", "admission_queue_size", "build_state", "expected_wait"]
 
 
-def admission_queue_size(settings: Settings, pool: WorkerPool) -> int:
+def admission_queue_size(settings: Settings, endpoints: Endpoints) -> int:
     """The configured admission queue size, or (0 = auto) twice the slots of the ready workers."""
     if settings.admission_queue_size:
         return settings.admission_queue_size
-    return 2 * sum(w.slots for w in pool.ready())
+    return 2 * endpoints.slots()
 
 
 def expected_wait(estimator: RetryAfterEstimator, admission: Admission, endpoint: str, position: int) -> float:
@@ -63,7 +64,7 @@ class RouterState:
     settings: Settings
     inventory: Inventory
     upstream: Upstream
-    pool: WorkerPool
+    endpoints: Endpoints
     admission: Admission
     retry_after: RetryAfterEstimator
     registry: CollectorRegistry
@@ -75,10 +76,17 @@ class RouterState:
     job_depth: dict[str, int] = field(default_factory=dict)
     purged_total: int = 0
     tasks: list[Any] = field(default_factory=list)
+    draining: bool = False
 
     @property
-    def draining(self) -> bool:
-        return self.pool.draining
+    def supervisor(self) -> Supervisor | None:
+        return self.endpoints.supervisor
+
+    def start_draining(self) -> None:
+        """Stop admitting; this router's own workers finish what they hold."""
+        self.draining = True
+        if self.supervisor is not None:
+            self.supervisor.start_draining()
 
     def timeout_for(self, endpoint: str) -> float:
         return self.settings.video_timeout_s if endpoint == VIDEO else self.settings.image_timeout_s
@@ -87,26 +95,39 @@ class RouterState:
 def build_state(settings: Settings, inventory: Inventory | None = None) -> RouterState:
     inventory = inventory or make_inventory(settings.simulate_gpus, settings.simulate_gpu_worker_mib)
     upstream = Upstream(connect_timeout_s=settings.worker_connect_timeout_s)
-    pool = WorkerPool(settings, inventory, upstream)
+    supervisor = Supervisor(settings, inventory, upstream) if settings.local_workers else None
+    endpoints = Endpoints(supervisor, None)
+    if settings.registry_url:
+        from ..cluster.registry import Registry
+        from ..cluster.signing import ClusterSigner
+        from .remote import RemoteWorkers
+
+        secret = settings.cluster_secret.get_secret_value()
+        endpoints.remote = RemoteWorkers(settings, Registry.from_settings(settings), upstream,
+                                         credential=ClusterSigner(secret.encode()) if secret else None,
+                                         on_change=endpoints.changed)
     retry_after = RetryAfterEstimator(
         bounds={IMAGE: (settings.retry_after_image_min_s, settings.retry_after_image_max_s),
                 VIDEO: (settings.retry_after_video_min_s, settings.retry_after_video_max_s)},
         priors={IMAGE: 2.0, VIDEO: 30.0})
-    admission = Admission(lambda: pool.workers, settings.max_video_concurrent,
-                          queue_size=lambda: admission_queue_size(settings, pool),
+    admission = Admission(endpoints.all, settings.max_video_concurrent,
+                          queue_size=lambda: admission_queue_size(settings, endpoints),
                           queue_wait_s=settings.admission_queue_wait_ms / 1000,
                           video_aging_s=settings.job_video_aging_s,
                           expected_wait=lambda endpoint, position: expected_wait(retry_after, admission, endpoint,
                                                                                  position))
-    pool.on_change = lambda worker: admission.dispatch()
+    endpoints.on_change(admission.dispatch)
+    if endpoints.supervisor is not None:
+        endpoints.supervisor.on_change = endpoints.changed
     registry = CollectorRegistry()
     registry.register(ProcessCollector(registry=None))
-    registry.register(PoolCollector(lambda: pool.workers, [s.value for s in WorkerState],
-                                    lambda: [] if inventory.simulated else inventory.gpus()))
+    registry.register(PoolCollector(endpoints.all, [s.value for s in WorkerState],
+                                    lambda: [] if inventory.simulated else inventory.gpus(),
+                                    restarts=lambda: endpoints.supervisor.restarts() if endpoints.supervisor else {}))
     from ..jobs import open_store_from_settings
 
     state = RouterState(
-        settings=settings, inventory=inventory, upstream=upstream, pool=pool,
+        settings=settings, inventory=inventory, upstream=upstream, endpoints=endpoints,
         registry=registry, metrics=RouterMetrics(registry),
         admission=admission, retry_after=retry_after,
         in_flight=InFlight(lambda path: path in API_ENDPOINTS), jobs=open_store_from_settings(settings))

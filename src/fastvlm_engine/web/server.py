@@ -31,14 +31,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..errors import EngineError, HttpError, RequestTimeout, TooManyConnections
 from .middleware import InFlight
+from .upstream import POOL_IDLE_S
 
 __all__ = ["POOL_IDLE_S", "WORKER_KEEP_ALIVE_S", "ConnectionGuard", "DrainingServer", "raise_open_file_limit",
            "serve"]
 
 log = logging.getLogger(__name__)
 
-POOL_IDLE_S = 15.0
-"""How long the router keeps an idle pooled connection to a worker."""
 WORKER_KEEP_ALIVE_S = 4 * POOL_IDLE_S
 """Workers keep idle connections longer than the router's pool does, so the router always closes
 first and never sends a request down a connection the worker has just closed."""

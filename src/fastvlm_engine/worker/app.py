@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry
 
+from ..cluster.signing import ClusterGuard, ClusterVerifier
 from ..config import Settings
 from ..errors import EngineError, InferenceTimeout, NotReady, ShuttingDown
 from ..guards import InternalTokenGuard
@@ -251,7 +252,11 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
     app.add_middleware(RequestLifecycle, in_flight=in_flight)
     app.add_middleware(TelemetryMiddleware, metrics=metrics_, endpoints=frozenset(API_ENDPOINTS))
     token = settings.worker_token.get_secret_value()
-    if token:  # spawned by a router: answer nobody else
+    secret = settings.cluster_secret.get_secret_value()
+    if secret:  # reachable from other hosts: signed calls from the cluster's routers, or its own supervisor
+        app.add_middleware(ClusterGuard, verifier=ClusterVerifier(secret.encode(), settings.cluster_replay_window_s),
+                           local_token=token or None)
+    elif token:  # spawned by a supervisor on this host: answer nobody else
         app.add_middleware(InternalTokenGuard, token=token)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response, 413s included, gets an id
     install_error_handlers(app)

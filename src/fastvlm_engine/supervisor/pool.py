@@ -1,10 +1,10 @@
-"""Spawning, watching, healing and stopping worker processes.
+"""The local worker supervisor: placement, processes, readiness, heartbeats, healing, shutdown.
 
-Each worker gets a loopback socket the router binds first (so its port is known and never
-raced), runs in its own session (stopped by process group) and dies with the router: the kernel
-sends it SIGKILL when the router's process dies (PR_SET_PDEATHSIG), and the worker also watches
-its parent PID. A worker that exits while starting is noticed at once through its exit status,
-and its last log lines are reported; the pool carries on with the others.
+It runs inside ``fastvlm serve`` (the router's own workers) and inside ``fastvlm node`` (a worker
+host with no client-facing API); either way it only starts and watches processes on this host
+and publishes each as a :class:`~fastvlm_engine.cluster.endpoint.WorkerEndpoint`. Spawning lives
+in :mod:`.process`, placement in :mod:`.placement`, the stall verdict and the backoff in
+:mod:`.healing`, the allowed state changes in :mod:`.lifecycle`, worker output in :mod:`.logpump`.
 
 Self-healing: every ready worker answers a heartbeat (``/worker_health``) each
 ``heartbeat_interval_s``. Missing ``heartbeat_failures`` in a row, or inference making no
@@ -13,94 +13,110 @@ is stopped by process group and replaced on the same device. Every exit, failed 
 unhealthy verdict counts as a failure of that worker slot; replacements wait
 ``respawn_backoff_initial_s`` doubling per failure in the window (up to the maximum), and
 ``quarantine_failures`` within ``quarantine_window_s`` quarantine the slot until an admin
-releases it or the router restarts.
+releases it or the process restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
-import os
 import secrets
-import signal
-import socket
-import sys
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
+from ..auth import INTERNAL_TOKEN_HEADER
+from ..cluster.addresses import endpoint_url
+from ..cluster.endpoint import Device, TokenCredential, WorkerEndpoint, WorkerState
 from ..config import Settings
 from ..errors import WorkerNotFound, WorkerNotQuarantined
 from ..observability.logs import wrap_foreign_line
+from ..web.upstream import Upstream
+from .healing import plan_after_failure, stall_verdict
 from .inventory import Inventory, host_ram_fraction
+from .lifecycle import check_transition
 from .logpump import LogWriter, pump_lines
 from .placement import Placement
-from .upstream import Upstream
-from .workers import Device, Worker, WorkerState
+from .process import settings_payload, spawn_worker, terminate
 
-__all__ = ["WorkerPool", "stall_verdict"]
+__all__ = ["ManagedWorker", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _READY_POLL_S = 0.2
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """A preexec_fn: the kernel kills the child when the router dies, even by SIGKILL."""
-    def preexec() -> None:
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except OSError:
-            pass  # not Linux: the worker's own parent watchdog still applies
-        if os.getppid() != parent_pid:  # the router died before prctl took effect
-            os._exit(1)
-    return preexec
+@dataclass(eq=False)
+class ManagedWorker:
+    """One worker slot of this host: its endpoint (what routing sees) and its current process."""
+
+    endpoint: WorkerEndpoint
+    port: int | None = None
+    pid: int | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    started_at: float | None = None
+    ready_at: float | None = None
+    gpu_bytes: int | None = None  # GPU memory its load took, when measurable
+    rss_bytes: int | None = None  # host memory after load
+    failures: deque[float] = field(default_factory=deque, repr=False)  # monotonic times, pruned to the window
+    last_failure: str | None = None
+    heartbeat_misses: int = 0
+    retiring: bool = False  # the supervisor is stopping this process on purpose
+    log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=200), repr=False)
+    process: asyncio.subprocess.Process | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.endpoint.id
+
+    @property
+    def state(self) -> WorkerState:
+        return self.endpoint.state
+
+    @property
+    def device(self) -> Device:
+        return self.endpoint.device
+
+    def snapshot(self) -> dict[str, Any]:
+        """The endpoint's view plus this host's process details."""
+        return {**self.endpoint.snapshot(), "pid": self.pid, "port": self.port, "restarts": self.restarts,
+                "failures_in_window": len(self.failures), "last_failure": self.last_failure}
 
 
-def stall_verdict(health: dict, stall_timeout_s: float) -> str | None:
-    """Why a worker counts as stuck, from its heartbeat; None while it makes progress.
+class Supervisor:
+    """This host's worker processes."""
 
-    Progress is the engine's step counter, not how long a request takes: a generation that runs for
-    minutes is fine as long as steps keep coming. Stuck is one step running past the timeout, or
-    work waiting while no step ran for that long, or an inference thread that died with work.
-    """
-    running = health.get("step_running_for_s") or 0.0
-    if running > stall_timeout_s:
-        return f"inference made no progress: one model step has run for {running:.0f}s"
-    if not health.get("has_work"):
-        return None
-    if not health.get("inference_thread_alive", True):
-        return "inference made no progress: its inference thread died with work queued"
-    idle = health.get("since_last_step_s")
-    if idle is not None and idle > stall_timeout_s:
-        return f"inference made no progress: no model step for {idle:.0f}s while work is waiting"
-    return None
-
-
-class WorkerPool:
-    """The router's workers: placement, processes, readiness, and shutdown."""
-
-    def __init__(self, settings: Settings, inventory: Inventory, upstream: Upstream,
-                 on_change: Callable[[Worker], None] | None = None) -> None:
+    def __init__(self, settings: Settings, inventory: Inventory, upstream: Upstream, *, host_name: str = "local",
+                 tags: dict[str, str] | None = None, advertise_host: str = "", local_tokens: bool = True,
+                 credential: Callable[[str], Any] | None = None,
+                 on_change: Callable[[ManagedWorker], None] | None = None) -> None:
+        """``host_name`` groups these workers in routing and health; ``advertise_host`` is the address
+        other hosts reach them at (empty: the bind address); ``credential`` turns a worker's token
+        into what callers present. ``local_tokens`` False spawns workers that answer anyone who can
+        reach them (a node without a cluster secret, which may advertise loopback only)."""
         self.settings = settings
+        self.advertise_host = advertise_host
+        self.local_tokens = local_tokens
         self.inventory = inventory
         self.upstream = upstream
+        self.host_name = host_name
+        self.tags = dict(tags or {})
+        self._credential = credential or (lambda token: TokenCredential(INTERNAL_TOKEN_HEADER, token))
         self.placement = Placement(max_workers=settings.max_workers,
                                    max_workers_per_gpu=settings.max_workers_per_gpu,
                                    gpu_reserve_bytes=settings.gpu_memory_reserve_mib * 1024 * 1024,
                                    ram_max_fraction=settings.ram_max_fraction)
-        self.workers: list[Worker] = []
+        self.workers: list[ManagedWorker] = []
         self.draining = False
         self.on_change = on_change
-        """Called after every state change (the admission hands queued requests to new workers)."""
+        """Called after every state change (the router's admission hands queued requests to new workers)."""
         self._tasks: set[asyncio.Task] = set()
-        self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._next_id = 0
         self._gpu_footprint: dict[int, int] = {}
         self._ram_per_worker: float = 0.0
@@ -109,11 +125,17 @@ class WorkerPool:
 
     # --- queries ----------------------------------------------------------------------------
 
-    def ready(self) -> list[Worker]:
+    def endpoints(self) -> list[WorkerEndpoint]:
+        return [w.endpoint for w in self.workers]
+
+    def ready(self) -> list[ManagedWorker]:
         return [w for w in self.workers if w.state is WorkerState.READY]
 
-    def by_id(self, worker_id: str) -> Worker | None:
+    def by_id(self, worker_id: str) -> ManagedWorker | None:
         return next((w for w in self.workers if w.id == worker_id), None)
+
+    def restarts(self) -> dict[str, int]:
+        return {w.id: w.restarts for w in self.workers}
 
     def counts(self) -> dict[Device, int]:
         """Worker slots per device; quarantined slots still hold their place."""
@@ -135,14 +157,17 @@ class WorkerPool:
             await self.spawn(self._new_worker(device))
         self._spawn_task(self._heartbeats(), "heartbeats")
 
-    def _new_worker(self, device: Device) -> Worker:
-        worker = Worker(id=f"w{self._next_id}", device=device, host=self.settings.worker_host)
+    def _new_worker(self, device: Device) -> ManagedWorker:
+        endpoint = WorkerEndpoint(id=f"w{self._next_id}", device=device, host=self.host_name, tags=self.tags)
         self._next_id += 1
+        worker = ManagedWorker(endpoint=endpoint)
         self.workers.append(worker)
         return worker
 
-    def _set(self, worker: Worker, state: WorkerState, reason: str) -> None:
-        worker.set_state(state, reason)
+    def _set(self, worker: ManagedWorker, state: WorkerState, reason: str) -> None:
+        """The one place a slot's state changes (see lifecycle.TRANSITIONS)."""
+        check_transition(worker.state, state)
+        worker.endpoint.set_state(state, reason)
         log.info("worker %s (%s) %s: %s", worker.id, worker.device.label, state.value, reason)
         if self.on_change is not None:
             self.on_change(worker)
@@ -153,40 +178,34 @@ class WorkerPool:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def spawn(self, worker: Worker) -> None:
+    async def spawn(self, worker: ManagedWorker) -> None:
         """Start the worker's process on its device and watch it."""
-        sock = socket.socket(socket.AF_INET6 if ":" in worker.host else socket.AF_INET, socket.SOCK_STREAM)
+        token = secrets.token_urlsafe(32) if self.local_tokens else ""
+        gpu = worker.device.gpu
+        host = self.settings.worker_host
+        payload = settings_payload(self.settings, device=worker.device.torch_device, worker_token=token)
+        before = next((g.used_bytes for g in self.inventory.gpus() if g.index == gpu), None)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((worker.host, 0))
-            worker.port = sock.getsockname()[1]
-            worker.token = secrets.token_urlsafe(32)
-            gpu = worker.device.gpu
-            cuda_id = self.inventory.cuda_id(gpu) if gpu is not None else ""
-            env = {**os.environ, **worker.device.worker_env(cuda_id), "FASTVLM_WORKER_TOKEN": worker.token}
-            args = [sys.executable, "-m", "fastvlm_engine.cli", "worker", "--fd", str(sock.fileno()),
-                    "--host", worker.host, "--parent-pid", str(os.getpid()), "--worker-id", worker.id,
-                    "--incarnation", str(worker.restarts)]
-            before = next((g.used_bytes for g in self.inventory.gpus() if g.index == gpu), None)
-            process = await asyncio.create_subprocess_exec(
-                *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, pass_fds=(sock.fileno(),), start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()))
+            spawned = await spawn_worker(payload, host=host, worker_id=worker.id, incarnation=worker.restarts,
+                                         cuda_env=worker.device.worker_env(self.inventory.cuda_id(gpu)
+                                                                           if gpu is not None else ""))
         except Exception as exc:
-            sock.close()
             self._fail(worker, f"could not spawn: {exc}")
             return
-        sock.close()  # the child holds its own copy
-        worker.pid, worker.exit_code, worker.started_at = process.pid, None, time.monotonic()
-        worker.ready_at, worker.heartbeat_misses, worker.retiring, worker.health = None, 0, False, {}
-        self._processes[worker.id] = process
-        self._set(worker, WorkerState.STARTING, f"process {process.pid} loading the model on port {worker.port}")
+        process = spawned.process
+        worker.process, worker.port, worker.pid = process, spawned.port, process.pid
+        worker.exit_code, worker.started_at, worker.ready_at = None, time.monotonic(), None
+        worker.heartbeat_misses, worker.retiring = 0, False
+        endpoint = worker.endpoint
+        endpoint.url = endpoint_url(self.advertise_host or host, spawned.port)
+        endpoint.credential, endpoint.health = (self._credential(token) if token else None), {}
+        self._set(worker, WorkerState.STARTING, f"process {process.pid} loading the model on port {spawned.port}")
         self._spawn_task(self._pump_output(worker, process), f"{worker.id}-output")
         exited = self._spawn_task(self._watch_exit(worker, process), f"{worker.id}-exit")
-        self._spawn_task(self._await_ready(worker, process, exited, before), f"{worker.id}-ready")
+        self._spawn_task(self._await_ready(worker, exited, before), f"{worker.id}-ready")
 
-    async def _pump_output(self, worker: Worker, process: asyncio.subprocess.Process) -> None:
-        """Keep the last lines for diagnostics and pass them on to the router's stderr."""
+    async def _pump_output(self, worker: ManagedWorker, process: asyncio.subprocess.Process) -> None:
+        """Keep the last lines for diagnostics and pass them on to this process's stderr."""
         if process.stdout is None:
             return
         if self._log_writer is None:
@@ -199,17 +218,17 @@ class WorkerPool:
 
         await pump_lines(process.stdout, on_line)
 
-    async def _watch_exit(self, worker: Worker, process: asyncio.subprocess.Process) -> int:
+    async def _watch_exit(self, worker: ManagedWorker, process: asyncio.subprocess.Process) -> int:
         code = await process.wait()
         worker.exit_code = code
-        if self._processes.get(worker.id) is process:
-            del self._processes[worker.id]
+        if worker.process is process:
+            worker.process = None
         if worker.device.gpu is not None and worker.ready_at is not None:
             self.inventory.worker_stopped(worker.device.gpu)
         if self._stopping or worker.retiring or worker.state is WorkerState.STOPPED:
             return code
         if worker.state is WorkerState.READY:  # out of rotation now, before anything else awaits
-            worker.set_state(WorkerState.UNHEALTHY, f"exited with status {code}")
+            self._set(worker, WorkerState.UNHEALTHY, f"exited with status {code}")
         await asyncio.sleep(0.05)  # let the output pump drain the last lines
         tail = "\n    ".join(list(worker.log_tail)[-15:]) or "(no output)"
         during = "during start-up " if worker.ready_at is None else ""
@@ -219,53 +238,51 @@ class WorkerPool:
 
     # --- healing ----------------------------------------------------------------------------
 
-    def _fail(self, worker: Worker, reason: str) -> None:
+    def _fail(self, worker: ManagedWorker, reason: str) -> None:
         """Count a failure of this slot, then respawn it after a backoff or quarantine it."""
-        now = time.monotonic()
-        worker.failures.append(now)
-        while worker.failures and worker.failures[0] < now - self.settings.quarantine_window_s:
-            worker.failures.popleft()
+        settings = self.settings
+        plan = plan_after_failure(worker.failures, time.monotonic(), window_s=settings.quarantine_window_s,
+                                  quarantine_after=settings.quarantine_failures,
+                                  backoff_initial_s=settings.respawn_backoff_initial_s,
+                                  backoff_max_s=settings.respawn_backoff_max_s)
         worker.last_failure = reason
         if self._stopping:
             return
-        count = len(worker.failures)
-        if count >= self.settings.quarantine_failures:
+        if plan.quarantine:
             self._set(worker, WorkerState.QUARANTINED,
-                      f"{count} failures within {self.settings.quarantine_window_s:.0f}s (last: {reason}); "
-                      "release it with POST /admin/workers/{id}/release or restart the router")
+                      f"{len(worker.failures)} failures within {settings.quarantine_window_s:.0f}s (last: {reason}); "
+                      "release it with POST /admin/workers/{id}/release or restart")
             return
-        delay = min(self.settings.respawn_backoff_max_s, self.settings.respawn_backoff_initial_s * 2 ** (count - 1))
-        self._set(worker, WorkerState.RESTARTING, f"{reason}; replacing it in {delay:.1f}s")
-        self._spawn_task(self._respawn_after(worker, delay), f"{worker.id}-respawn")
+        self._set(worker, WorkerState.RESTARTING, f"{reason}; replacing it in {plan.delay_s:.1f}s")
+        self._spawn_task(self._respawn_after(worker, plan.delay_s), f"{worker.id}-respawn")
 
-    async def _respawn_after(self, worker: Worker, delay: float) -> None:
+    async def _respawn_after(self, worker: ManagedWorker, delay: float) -> None:
         await asyncio.sleep(delay)
         if self._stopping or worker.state is not WorkerState.RESTARTING:
             return
         worker.restarts += 1
         await self.spawn(worker)
 
-    async def _retire(self, worker: Worker, state: WorkerState, reason: str) -> None:
+    async def _retire(self, worker: ManagedWorker, state: WorkerState, reason: str) -> None:
         """Take a worker out of rotation, stop its process, then count the failure."""
         self._set(worker, state, reason)
         worker.retiring = True
-        process = self._processes.get(worker.id)
-        if process is not None:
-            await self._terminate(worker.id, process, grace=2.0)
+        if worker.process is not None:
+            await terminate(worker.process, grace=2.0)
         self._fail(worker, reason)
 
     async def _heartbeats(self) -> None:
         interval = self.settings.heartbeat_interval_s
         while not self._stopping:
             await asyncio.sleep(interval)
-            ready = [w for w in self.workers if w.state is WorkerState.READY]
-            await asyncio.gather(*(self._beat(w) for w in ready), return_exceptions=True)
+            await asyncio.gather(*(self._beat(w) for w in self.ready()), return_exceptions=True)
 
-    async def _beat(self, worker: Worker) -> None:
+    async def _beat(self, worker: ManagedWorker) -> None:
+        endpoint = worker.endpoint
         try:
-            response = await self.upstream.request("GET", worker.url + "/worker_health",
-                                                   timeout_s=self.settings.heartbeat_timeout_s,
-                                                   headers=worker.auth_headers())
+            response = await self.upstream.request(
+                "GET", endpoint.url + "/worker_health", timeout_s=self.settings.heartbeat_timeout_s,
+                headers=endpoint.auth_headers("GET", "/worker_health"))
             if response.status != 200:
                 raise ValueError(f"status {response.status}")
             health = json.loads(response.body)
@@ -281,13 +298,14 @@ class WorkerPool:
             return
         if worker.state is not WorkerState.READY:
             return
-        worker.heartbeat_misses, worker.health = 0, health
-        worker.update_capacity(health.get("capacity"), self.settings.max_concurrent)
+        worker.heartbeat_misses, endpoint.health = 0, health
+        endpoint.reported_in_flight = int(health.get("in_flight") or 0)
+        endpoint.update_capacity(health.get("capacity"), self.settings.max_concurrent)
         verdict = stall_verdict(health, self.settings.stall_timeout_s)
         if verdict is not None:
             await self._retire(worker, WorkerState.UNHEALTHY, verdict)
 
-    async def release(self, worker_id: str) -> Worker:
+    async def release(self, worker_id: str) -> ManagedWorker:
         """Admin: let a quarantined slot run again, starting a fresh process now."""
         worker = self.by_id(worker_id)
         if worker is None:
@@ -296,28 +314,28 @@ class WorkerPool:
             raise WorkerNotQuarantined(f"Worker {worker_id} is {worker.state.value}, not quarantined.")
         worker.failures.clear()
         worker.restarts += 1
-        self._set(worker, WorkerState.STARTING, "released from quarantine by an admin")
         await self.spawn(worker)
+        log.info("worker %s released from quarantine", worker_id)
         return worker
 
     def start_draining(self) -> None:
-        """Stop admitting: ready workers finish what they hold and take nothing new."""
+        """Stop taking work: ready workers finish what they hold and take nothing new."""
         self.draining = True
         for worker in self.workers:
             if worker.state is WorkerState.READY:
-                self._set(worker, WorkerState.DRAINING, "router shutting down; finishing in-flight requests")
+                self._set(worker, WorkerState.DRAINING, "shutting down; finishing in-flight requests")
 
-    async def _await_ready(self, worker: Worker, process: asyncio.subprocess.Process,
-                           exited: asyncio.Task, gpu_used_before: int | None) -> None:
+    async def _await_ready(self, worker: ManagedWorker, exited: asyncio.Task, gpu_used_before: int | None) -> None:
+        endpoint = worker.endpoint
         deadline = time.monotonic() + self.settings.worker_start_timeout_s
         while time.monotonic() < deadline:
             if exited.done() or self._stopping:
                 return
             try:
-                response = await self.upstream.request("GET", worker.url + "/readyz", timeout_s=2.0,
-                                                       headers=worker.auth_headers())
+                response = await self.upstream.request("GET", endpoint.url + "/readyz", timeout_s=2.0,
+                                                       headers=endpoint.auth_headers("GET", "/readyz"))
                 if response.status == 200:
-                    worker.update_capacity(json.loads(response.body).get("capacity"), self.settings.max_concurrent)
+                    endpoint.update_capacity(json.loads(response.body).get("capacity"), self.settings.max_concurrent)
                     self._became_ready(worker, gpu_used_before)
                     return
             except Exception:  # not listening yet, or busy loading
@@ -329,7 +347,7 @@ class WorkerPool:
             await self._retire(worker, WorkerState.UNHEALTHY,
                                f"not ready after {self.settings.worker_start_timeout_s:.0f}s")
 
-    def _became_ready(self, worker: Worker, gpu_used_before: int | None) -> None:
+    def _became_ready(self, worker: ManagedWorker, gpu_used_before: int | None) -> None:
         worker.ready_at = time.monotonic()
         gpu = worker.device.gpu
         if gpu is not None:
@@ -344,8 +362,7 @@ class WorkerPool:
         except psutil.Error:
             worker.rss_bytes = None
         if worker.rss_bytes:
-            self._ram_per_worker = max(self._ram_per_worker,
-                                       worker.rss_bytes / psutil.virtual_memory().total)
+            self._ram_per_worker = max(self._ram_per_worker, worker.rss_bytes / psutil.virtual_memory().total)
         took = worker.ready_at - (worker.started_at or worker.ready_at)
         self._set(worker, WorkerState.READY, f"ready after {took:.1f}s")
         self._grow()
@@ -364,33 +381,23 @@ class WorkerPool:
         if device is not None:
             self._spawn_task(self.spawn(self._new_worker(device)), "grow")
 
-    # --- shutdown ---------------------------------------------------------------------------
+    def update_gpu_memory(self) -> None:
+        """Free memory of each worker's GPU onto its endpoint (routing prefers the emptier GPU)."""
+        free = {g.index: g.free_bytes for g in self.inventory.gpus()}
+        for worker in self.workers:
+            if worker.device.gpu is not None:
+                worker.endpoint.gpu_free_bytes = free.get(worker.device.gpu)
 
-    async def _terminate(self, worker_id: str, process: asyncio.subprocess.Process, grace: float) -> None:
-        """SIGTERM the worker's process group, SIGKILL it after ``grace`` seconds."""
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            if process.returncode is not None:
-                break
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                await asyncio.wait_for(process.wait(), wait)
-            except TimeoutError:
-                continue
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # anything the worker left in its group
-        except (ProcessLookupError, PermissionError):
-            pass
+    # --- shutdown ---------------------------------------------------------------------------
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop every worker (in parallel) and cancel the watchers."""
         self._stopping = True
         self.draining = True
         for worker in self.workers:
-            worker.set_state(WorkerState.STOPPED, "router shutting down")
-        await asyncio.gather(*(self._terminate(wid, proc, grace) for wid, proc in list(self._processes.items())),
+            if worker.state is not WorkerState.STOPPED:
+                self._set(worker, WorkerState.STOPPED, "shutting down")
+        await asyncio.gather(*(terminate(w.process, grace) for w in self.workers if w.process is not None),
                              return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()

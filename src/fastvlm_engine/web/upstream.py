@@ -17,9 +17,12 @@ from typing import Any
 import aiohttp
 
 from ..errors import WorkerFailed, WorkerTimeout
-from ..web.server import POOL_IDLE_S
 
-__all__ = ["HOP_BY_HOP", "OpenUpstream", "Upstream", "UpstreamResponse", "WorkerUnreachable", "end_to_end_headers"]
+__all__ = ["HOP_BY_HOP", "POOL_IDLE_S", "OpenUpstream", "Upstream", "UpstreamResponse", "WorkerUnreachable",
+           "end_to_end_headers"]
+
+POOL_IDLE_S = 15.0
+"""How long an idle pooled connection to a worker is kept (workers keep theirs longer: web.server)."""
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..cluster.endpoint import Device
 from .inventory import GpuStatus
-from .workers import Device
 
 __all__ = ["Placement"]
 
