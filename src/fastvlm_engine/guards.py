@@ -76,7 +76,7 @@ def client_address(scope: Scope, trusted: Sequence[IPNetwork]) -> IPAddress | No
 class AccessGuard:
     def __init__(self, app: ASGIApp, *, allowlist: Iterable[str], trusted_proxies: Iterable[str],
                  keys: KeyRing, default_rate_per_minute: float, protected: frozenset[str],
-                 open_paths: frozenset[str]) -> None:
+                 open_paths: frozenset[str], protected_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.allowlist = _networks(allowlist)
         self.trusted = _networks(trusted_proxies)
@@ -84,6 +84,8 @@ class AccessGuard:
         self.default_rate = default_rate_per_minute
         self.limiter = RateLimiter()
         self.protected = protected
+        self.protected_prefixes = protected_prefixes
+        """Every path under these (e.g. ``/v1/``) is protected too, whether or not it exists."""
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -105,7 +107,7 @@ class AccessGuard:
         if self.allowlist and path not in self.open_paths:
             if address is None or not _inside(address, self.allowlist):
                 raise ForbiddenIP()
-        if path not in self.protected or not self.keys:
+        if not self.keys or (path not in self.protected and not path.startswith(self.protected_prefixes)):
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
                    if k in (b"authorization", b"x-api-key")}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -27,7 +28,7 @@ from .admission import IMAGE, VIDEO, Lease
 from .state import RouterState
 from .upstream import OpenUpstream, WorkerUnreachable
 
-__all__ = ["NothingFree", "forward", "worker_deadline_s", "worker_payload"]
+__all__ = ["NothingFree", "Payload", "forward", "worker_deadline_s", "worker_payload"]
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,22 @@ def worker_payload(media: MediaRequest) -> tuple[Any, dict[str, str]]:
     return writer, {}
 
 
-async def forward(state: RouterState, request: Request, lease: Lease, media: MediaRequest
-                  ) -> tuple[OpenUpstream, Lease]:
-    """Send to the lease's worker; on a connection that never reached it (refused, or a connect
-    timeout) try another worker, and retry an image once elsewhere if its worker died mid-request.
+Payload = Callable[[], tuple[Any, dict[str, str]]]
+"""Builds one attempt's body (bytes or an aiohttp multipart writer) and content-type header; called
+again for every attempt, since a streamed body can be sent only once."""
+
+
+async def forward(state: RouterState, request: Request, lease: Lease, payload: Payload, *,
+                  path: str | None = None) -> tuple[OpenUpstream, Lease]:
+    """Send to the lease's worker (at ``path``, default the lease's endpoint); on a connection that
+    never reached it (refused, or a connect timeout) try another worker, and retry an image once
+    elsewhere if its worker died mid-request.
 
     Returns the opened response (its body still to be read or streamed) and the lease that
     produced it; on failure every lease it took is released.
     """
     endpoint = lease.endpoint
+    path = path or endpoint
     tried: list[str] = []
     failures_left = 1 if endpoint == IMAGE else 0
     reached = False  # did any worker get the request?
@@ -69,13 +77,13 @@ async def forward(state: RouterState, request: Request, lease: Lease, media: Med
     try:
         while True:
             try:
-                body, content_type = worker_payload(media)
+                body, content_type = payload()
                 with tracing.span("proxy", tracing.SpanKind.CLIENT, **{"fastvlm.worker": lease.worker.id}):
                     headers = {**content_type, REQUEST_ID_HEADER: request_id_of(request) or "",
                                DEADLINE_HEADER: str(int(worker_deadline_s(timeout) * 1000)),
                                **lease.worker.auth_headers()}
                     tracing.inject(headers)
-                    response = await state.upstream.open("POST", lease.worker.url + endpoint, body=body,
+                    response = await state.upstream.open("POST", lease.worker.url + path, body=body,
                                                          headers=headers, timeout_s=timeout)
                 return response, lease
             except WorkerUnreachable:

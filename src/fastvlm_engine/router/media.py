@@ -9,24 +9,23 @@ something it picks per request.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ..errors import EngineError, NoReadyWorkers, ShuttingDown, WorkersBusy
-from ..headers import WORKER_HEADER
 from ..intake.request import body_rules, intake_limits, read_media_request
 from ..intake.submission import MediaKind
 from ..observability import tracing
 from .admission import IMAGE, VIDEO, Lease
-from .forward import NothingFree, forward
+from .forward import NothingFree, Payload, forward, worker_payload
+from .respond import respond
 from .retry_after import parse_attempt
 from .state import RouterState
-from .upstream import OpenUpstream, end_to_end_headers
+from .upstream import OpenUpstream
 from .workers import WorkerState
 
-__all__ = ["client_identity", "predict_image", "shed_error", "summarize_video"]
+__all__ = ["DRAIN_RETRY_AFTER_S", "admit_and_forward", "client_identity", "predict_image", "shed_error",
+           "summarize_video"]
 
 DRAIN_RETRY_AFTER_S = 1.0
 """What a request arriving during a drain is told: another router (or this one restarted) will take it."""
@@ -42,13 +41,14 @@ def client_identity(request: Request) -> str:
     return "ip:" + address
 
 
-def shed_error(state: RouterState, request: Request, endpoint: str) -> EngineError:
-    """The 503 for a request no worker can take now, with a measured retry hint."""
+def shed_error(state: RouterState, request: Request, endpoint: str, *, label: str | None = None) -> EngineError:
+    """The 503 for a request no worker can take now, with a measured retry hint; ``label`` names the
+    client-facing endpoint in the metrics when it is not the admission class ``endpoint`` itself."""
     attempt = parse_attempt(request.headers.get("x-retry-attempt"))
     pool, estimator = state.pool, state.retry_after
     ready = pool.ready()
     estimator.rejected(endpoint, client_identity(request))
-    state.metrics.busy_rejections.labels(endpoint).inc()
+    state.metrics.busy_rejections.labels(label or endpoint).inc()
     queued = state.admission.queue_depth(endpoint)
     wait = estimator.estimate(endpoint, in_flight=sum(w.in_flight for w in ready) + queued,
                               capacity=state.admission.capacity(endpoint), attempt=attempt)
@@ -68,44 +68,24 @@ async def _media_endpoint(request: Request, kind: MediaKind) -> Response:
         raise shed_error(state, request, endpoint)
     settings = state.settings
     with await read_media_request(request, kind, intake_limits(settings, kind), body_rules(settings)) as media:
-        with tracing.span("admission") as span:
-            lease = await state.admission.acquire(endpoint)
-            span.set_attribute("fastvlm.admitted", lease is not None)
-        if lease is None:
-            raise shed_error(state, request, endpoint)
-        try:
-            upstream, lease = await forward(state, request, lease, media)
-        except NothingFree:
-            raise shed_error(state, request, endpoint) from None
-    headers = end_to_end_headers(upstream.headers)
-    headers[WORKER_HEADER] = lease.worker.id
-    if upstream.is_stream:  # the slot stays taken until the stream ends
-        return StreamingResponse(_relay(state, lease, upstream), status_code=upstream.status, headers=headers)
-    succeeded = False
+        upstream, lease = await admit_and_forward(state, request, endpoint, lambda: worker_payload(media))
+    return await respond(state, lease, upstream)
+
+
+async def admit_and_forward(state: RouterState, request: Request, endpoint: str, payload: Payload, *,
+                            path: str | None = None) -> tuple[OpenUpstream, Lease]:
+    """Take a slot for the admission class ``endpoint`` (waiting in the admission queue when that is
+    allowed) and send the request to its worker at ``path`` (default ``endpoint``); 503 (shed) when no
+    slot frees in time or no worker could be reached."""
+    with tracing.span("admission") as span:
+        lease = await state.admission.acquire(endpoint)
+        span.set_attribute("fastvlm.admitted", lease is not None)
+    if lease is None:
+        raise shed_error(state, request, endpoint, label=path)
     try:
-        body = await upstream.read()
-        succeeded = upstream.status == 200
-        return Response(body, status_code=upstream.status, headers=headers)
-    finally:
-        _finish(state, lease, succeeded)
-
-
-async def _relay(state: RouterState, lease: Lease, upstream: OpenUpstream) -> AsyncIterator[bytes]:
-    """Pass a worker's event stream through as it arrives; a client that leaves closes it."""
-    completed = False
-    try:
-        async for chunk in upstream.chunks():
-            yield chunk
-        completed = True
-    finally:
-        upstream.close()
-        _finish(state, lease, completed and upstream.status == 200)
-
-
-def _finish(state: RouterState, lease: Lease, succeeded: bool) -> None:
-    elapsed = lease.release(succeeded=succeeded)
-    if succeeded:
-        state.retry_after.observe(lease.endpoint, elapsed)
+        return await forward(state, request, lease, payload, path=path)
+    except NothingFree:
+        raise shed_error(state, request, endpoint, label=path) from None
 
 
 async def predict_image(request: Request) -> Response:
