@@ -314,6 +314,8 @@ def test_busy_is_a_503_with_retry_after(router, strict, media_root):
         retry_after = error.response.headers["retry-after"]
         assert retry_after.isdigit() and int(retry_after) >= 1
         assert error.body["retry_after_sec"] >= 1.0
+        _, _, metrics = http("GET", router.base_url + "/metrics")  # counted under the endpoint the client called
+        assert re.search(r'^fastvlm_busy_rejections_total\{endpoint="/v1/chat/completions"\} [1-9]', metrics, re.M)
     finally:
         stream.close()
         wait_idle(router)
@@ -406,3 +408,21 @@ def test_the_stream_is_relayed_as_server_sent_events(router, api_key):
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     events = [line.removeprefix("data: ") for line in text.split("\n\n") if line]
     assert events[-1] == "[DONE]" and len(events) >= 3
+
+
+def test_v1_requests_are_counted_and_documented(router, strict):
+    with pytest.raises(openai.BadRequestError):
+        strict.chat.completions.create(model=TINY_MODEL_NAME, messages=[{"role": "user", "content": "hi"}], n=3)
+    strict.models.list()
+    _, _, text = http("GET", router.base_url + "/metrics")
+
+    def count(endpoint: str, code: str) -> float:
+        match = re.search(rf'^fastvlm_requests_total\{{code="{code}",endpoint="{re.escape(endpoint)}"\}} (\S+)$',
+                          text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    assert count("/v1/chat/completions", "ok") >= 1 and count("/v1/chat/completions", "unsupported_parameter") >= 1
+    assert count("/v1/models", "ok") >= 1
+    status, _, spec = http("GET", router.base_url + "/openapi.json")
+    body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"messages", "model", "max_tokens", "stream"} <= set(body["properties"]) and "$ref" not in str(body)

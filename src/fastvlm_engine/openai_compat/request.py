@@ -109,7 +109,7 @@ def refuse_unsupported(document: Any) -> None:
 class _Lenient(BaseModel):
     """Unknown fields are ignored, as OpenAI ignores them."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 _TEXT: TypeAdapter[str] = TypeAdapter(Text)
