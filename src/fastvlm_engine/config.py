@@ -27,7 +27,9 @@ from pydantic_settings import (
 __all__ = ["ENV_PREFIX", "FAULT_KINDS", "Settings", "SettingsError", "load_settings", "parse_faults", "parse_gpu_sizes"]
 
 ENV_PREFIX = "FASTVLM_"
-CHAT_ENDPOINT = "/v1/chat/completions"
+OPENAI_PREFIX = "/v1/"
+"""Every path of the OpenAI-compatible API starts with this."""
+CHAT_ENDPOINT = OPENAI_PREFIX + "chat/completions"
 CHAT_TEXT_SLACK = 4 * 1024 * 1024
 """Bytes of JSON text a chat body may carry besides its media (the parser's own text limit)."""
 CONFIG_ENV = "FASTVLM_CONFIG"

@@ -2,7 +2,8 @@
 the official ``openai`` package, sync and async.
 
 The main router has an API key, one worker with one slot and no admission queue (so a held slot
-means 503), slow model steps (``slow_steps=20``: answers last long enough to interrupt) and URL
+means 503), slow model steps (``slow_steps=20``: answers last long enough to interrupt), an 8 s
+image timeout (so the worker stops a long answer after about 7 s, mid-stream) and URL
 fetching allowed for 127.0.0.1 only, private addresses included, on the port of a media server this
 test starts on loopback. A second router allows listed hosts without ``fetch_allow_private``. Every
 URL a test sends either reaches that loopback server or is refused before any connection is made.
@@ -104,7 +105,7 @@ def api_key():
 def router(tmp_path_factory, tiny_model_dir, media_root, media_server, api_key):
     proc = start_router(tmp_path_factory.mktemp("openai-router"), tiny_model_dir, media_roots=media_root,
                         max_workers=1, max_concurrent=1, admission_queue_wait_ms=0, api_keys=api_key[1],
-                        max_new_tokens_limit=3000, fault_injection="slow_steps=20",
+                        max_new_tokens_limit=3000, fault_injection="slow_steps=20", image_timeout_s=8,
                         fetch_url_hosts="127.0.0.1", fetch_allow_private="true",
                         fetch_allowed_ports=str(media_server.port),
                         video_caption_max_new_tokens=4, video_summary_max_new_tokens=4)
@@ -326,6 +327,19 @@ def test_leaving_a_stream_cancels_the_work(router, strict, media_root):
     stream = _hold_the_slot(strict, media_root)
     stream.close()  # the client goes away mid-answer
     wait_until(lambda: cancelled_count(router) > before, 60, "the worker to cancel the abandoned request")
+    wait_idle(router)
+
+
+def test_an_error_after_the_stream_started_is_its_last_event(router, strict, media_root):
+    """The worker stops an answer that runs past the router's deadline; the SDK raises the error event."""
+    stream = _hold_the_slot(strict, media_root)
+    texts = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            texts.append(chunk.choices[0].delta.content if chunk.choices else "")
+    assert not isinstance(caught.value, openai.APIStatusError)  # it came inside a 200 stream
+    assert caught.value.code == "inference_timeout" and caught.value.type == "server_error"
+    assert texts and "past its deadline" in caught.value.message
     wait_idle(router)
 
 

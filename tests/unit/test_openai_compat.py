@@ -281,3 +281,9 @@ def test_the_asgi_boundary_shapes_errors_only_under_the_prefix():
     assert stream.status_code == 200 and stream.text == "data: 1\n\ndata: [DONE]\n\n"
     assert "type" not in client.get("/busy").json()["error"]  # other paths keep the native shape
 
+
+
+def test_only_user_turns_carry_media_in_the_canonical_form():
+    with pytest.raises(ValueError, match="only user messages"):
+        CanonicalChat.model_validate({"messages": [{"role": "assistant", "content": [
+            {"type": "image", "file": "image0"}]}]})

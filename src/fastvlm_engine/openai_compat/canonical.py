@@ -66,6 +66,12 @@ class CanonicalMessage(_Strict):
     role: Literal["system", "user", "assistant"]
     content: list[CanonicalPart]
 
+    @model_validator(mode="after")
+    def _media_in_user_turns(self) -> CanonicalMessage:
+        if self.role != "user" and any(part.type != "text" for part in self.content):
+            raise ValueError("only user messages carry images and videos")
+        return self
+
 
 class CanonicalChat(_Strict):
     """A validated chat request, ready for the model (the worker validates it again)."""

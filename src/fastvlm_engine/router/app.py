@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from ..auth import KeyRing, load_key_file
-from ..config import Settings
+from ..config import CHAT_ENDPOINT, OPENAI_PREFIX, Settings
 from ..guards import AccessGuard
 from ..observability import tracing
 from ..observability.http import TelemetryMiddleware
@@ -53,7 +53,7 @@ ROUTES: list[tuple[str, Callable[..., Any], list[str], dict[str, Any]]] = [
     ("/summarize_video", media.summarize_video, ["POST"],
      {"response_model": SummarizeVideoResponse, "responses": _MEDIA_ERRORS,
       "openapi_extra": media_body_openapi(SummarizeVideoRequest, "video")}),
-    ("/v1/chat/completions", openai_routes.chat_completions, ["POST"],
+    (CHAT_ENDPOINT, openai_routes.chat_completions, ["POST"],
      {"response_model": ChatCompletion, "openapi_extra": json_body_openapi(ChatCompletionRequest),
       "responses": {**_MEDIA_ERRORS, 200: {"content": {"text/event-stream": {"schema": {
           "type": "string", "description": "With stream: chat.completion.chunk events, then data: [DONE]."}}}}}}),
@@ -95,10 +95,10 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     app.add_middleware(RequestLifecycle, in_flight=state.in_flight)
     app.add_middleware(AccessGuard, allowlist=settings.ip_allowlist, trusted_proxies=settings.trusted_proxies,
                        keys=api_keys, default_rate_per_minute=settings.api_rate_limit_per_minute,
-                       protected=frozenset(API_ENDPOINTS), protected_prefixes=("/v1/",),
+                       protected=frozenset(API_ENDPOINTS), protected_prefixes=(OPENAI_PREFIX,),
                        open_paths=frozenset({"/healthz", "/readyz"}) if settings.health_endpoints_open
                        else frozenset())
-    app.add_middleware(OpenAIErrorShape, prefix="/v1/")  # outside the guard: its 401/403/429 too
+    app.add_middleware(OpenAIErrorShape, prefix=OPENAI_PREFIX)  # outside the guard: its 401/403/429 too
     app.add_middleware(TelemetryMiddleware, metrics=state.metrics,
                        endpoints=frozenset({*API_ENDPOINTS, openai_routes.MODELS}),
                        prefixes={openai_routes.MODELS + "/": openai_routes.MODELS})

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..config import CHAT_ENDPOINT, Settings
+from ..config import CHAT_ENDPOINT, OPENAI_PREFIX, Settings
 from ..errors import EngineError, InvalidRequest, ModelNotFound, ShuttingDown
 from ..media.fetch import MediaFetcher
 from ..media.fetch_policy import FetchPolicy
@@ -36,7 +36,7 @@ from .workers import WorkerState
 __all__ = ["MODELS", "OpenAIState", "build_openai_state", "chat_completions", "get_model", "list_models",
            "served_models"]
 
-MODELS = "/v1/models"
+MODELS = OPENAI_PREFIX + "models"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ _REPLACED = {b"content-length", b"content-type"}
 
 
 class OpenAIErrorShape:
-    def __init__(self, app: ASGIApp, *, prefix: str = "/v1/") -> None:
+    def __init__(self, app: ASGIApp, *, prefix: str) -> None:
         if not prefix.startswith("/") or not prefix.endswith("/"):
             raise ValueError("prefix must start and end with '/'")
         self.app = app

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry
 
-from ..config import CHAT_ENDPOINT, Settings
+from ..config import CHAT_ENDPOINT, OPENAI_PREFIX, Settings
 from ..errors import EngineError, InferenceTimeout, NotReady, ShuttingDown
 from ..guards import InternalTokenGuard
 from ..headers import DEADLINE_HEADER, QUEUE_HEADER
@@ -230,7 +230,7 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
     app.state.in_flight = in_flight
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
     app.add_middleware(RequestLifecycle, in_flight=in_flight)
-    app.add_middleware(OpenAIErrorShape, prefix="/v1/")
+    app.add_middleware(OpenAIErrorShape, prefix=OPENAI_PREFIX)
     app.add_middleware(TelemetryMiddleware, metrics=metrics_, endpoints=frozenset(API_ENDPOINTS))
     token = settings.worker_token.get_secret_value()
     if token:  # spawned by a router: answer nobody else
