@@ -52,6 +52,14 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, str]:
     return settings
 
 
+def positive_int(text: str) -> int:
+    """argparse type for a count of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     """argparse type for '1,4,16'."""
     try:

@@ -56,6 +56,7 @@ from _harness import (
     fmt,
     parse_settings,
     percentile,
+    positive_int,
     run_bench,
     table,
 )
@@ -241,13 +242,6 @@ def workload_list(text: str) -> list[str]:
     if unknown or not keys:
         raise argparse.ArgumentTypeError(f"choose from {','.join(WORKLOAD_KEYS)}")
     return keys
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def main() -> int:

@@ -27,6 +27,11 @@ from pydantic_settings import (
 __all__ = ["ENV_PREFIX", "FAULT_KINDS", "Settings", "SettingsError", "load_settings", "parse_faults", "parse_gpu_sizes"]
 
 ENV_PREFIX = "FASTVLM_"
+OPENAI_PREFIX = "/v1/"
+"""Every path of the OpenAI-compatible API starts with this."""
+CHAT_ENDPOINT = OPENAI_PREFIX + "chat/completions"
+CHAT_TEXT_SLACK = 4 * 1024 * 1024
+"""Bytes of JSON text a chat body may carry besides its media (the parser's own text limit)."""
 CONFIG_ENV = "FASTVLM_CONFIG"
 MiB = 1024 * 1024
 
@@ -209,6 +214,14 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt, in characters.")
     default_prompt: str = Field("Describe the image.", min_length=1, description="Prompt used when a "
                                 "request gives none.")
+
+    # --- OpenAI-compatible API ----------------------------------------------------------------
+    chat_max_images: int = Field(4, ge=1, le=64, description="Most image_url parts one /v1/chat/completions "
+                                 "request may carry (each also costs its image tokens of context); at most one "
+                                 "video_url part comes on top.")
+    chat_max_text_chars: int = Field(16000, ge=1, description="Most characters of text in all messages of one "
+                                     "/v1/chat/completions request together (the context limit in tokens "
+                                     "applies as well).")
 
     # --- fetching media by URL ---------------------------------------------------------------
     fetch_url_hosts: Annotated[list[str], NoDecode] = Field(
@@ -526,7 +539,15 @@ class Settings(BaseSettings):
         """Largest body for routes read whole; media endpoints enforce their own, per form."""
         media = {"/predict_image": "image", "/summarize_video": "video"}.get(endpoint)
         slack = 256 * 1024
+        if endpoint == CHAT_ENDPOINT:
+            return self.chat_body_limit()
         return self.media_limit(media) * 4 // 3 + slack if media else slack
+
+    def chat_body_limit(self) -> int:
+        """Largest /v1/chat/completions body: every image and the video as base64 data URLs, plus the
+        JSON text around them (bounded again, in characters, while it is parsed)."""
+        media = self.chat_max_images * self.max_image_bytes + self.video_max_bytes
+        return media * 4 // 3 + CHAT_TEXT_SLACK
 
 
 def _user_cache() -> Path:

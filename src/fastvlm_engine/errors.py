@@ -11,6 +11,8 @@ rules from ``retryable`` and ``may_have_run`` here rather than keeping lists of 
     │   ├── InvalidRequest           422 invalid_request
     │   ├── InvalidTags              400 invalid_tags
     │   ├── ContextTooLong           400 context_length_exceeded
+    │   ├── UnsupportedParameter     400 unsupported_parameter
+    │   ├── ModelNotFound            404 model_not_found
     │   ├── HttpError                4xx http_error (any other protocol-level refusal)
     │   ├── RequestTimeout           408 request_timeout
     │   ├── ClientClosedRequest      499 client_closed (logged and counted; never reaches a client)
@@ -88,6 +90,7 @@ __all__ = [
     "MediaNotFound",
     "MediaTooLarge",
     "MethodNotAllowed",
+    "ModelNotFound",
     "NoMatchingWorkers",
     "NoReadyWorkers",
     "NotReady",
@@ -104,6 +107,7 @@ __all__ = [
     "TooManyConnections",
     "Unauthorized",
     "UnsupportedMedia",
+    "UnsupportedParameter",
     "UrlNotAllowed",
     "VideoTooLong",
     "WorkerFailed",
@@ -209,6 +213,25 @@ class ContextTooLong(RequestError):
     http_status = 400
     default_message = ("The prompt plus max_new_tokens need more context than this worker can hold "
                        "for one request; shorten the prompt or lower max_new_tokens.")
+
+
+class UnsupportedParameter(RequestError):
+    """An OpenAI parameter this server does not implement (``n`` > 1, tools, logprobs ...), refused
+    rather than ignored, so a client never gets an answer that silently differs from what it asked."""
+
+    code = "unsupported_parameter"
+    http_status = 400
+    default_message = "The request uses a parameter this server does not support."
+
+
+class ModelNotFound(RequestError):
+    """The OpenAI API's ``model`` names a model this server does not serve."""
+
+    code = "model_not_found"
+    http_status = 404
+    default_message = "This server does not serve that model; GET /v1/models lists the one it does."
+
+
 class HttpError(RequestError):
     """A protocol-level refusal without a more specific code; the status comes from the framework."""
 

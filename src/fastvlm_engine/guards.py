@@ -85,6 +85,7 @@ class AccessGuard:
         self.limiter = RateLimiter()
         self.protected = protected
         self.protected_prefixes = protected_prefixes
+        """Every path under these (e.g. ``/v1/``) is protected too, whether or not it exists."""
         self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

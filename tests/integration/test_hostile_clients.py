@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers.procs import http, start_router, start_worker, wait_ready, wait_until, wait_workers_ready
+from tests.helpers.procs import http, start_router, wait_until, wait_workers_ready
 from tests.helpers.sockets import closed_by_server, open_sockets, read_response, request_bytes
 
 pytestmark = pytest.mark.integration
@@ -118,52 +118,48 @@ def _engine(router, outcome: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def one_lane_worker(tmp_path_factory, tiny_model_dir, media_root):
-    """A worker whose engine runs one sequence at a time, each model step slowed to 20 ms."""
-    proc = start_worker(tmp_path_factory.mktemp("one-lane"), tiny_model_dir, media_roots=media_root,
-                        engine_max_sequences=1, fault_injection="slow_steps=20")
+def one_lane_router(tmp_path_factory, tiny_model_dir, media_root):
+    """One worker whose engine runs one sequence at a time (so it has one slot), each model step
+    slowed to 20 ms, behind a router whose admission queue lets a request wait up to 60 s."""
+    proc = start_router(tmp_path_factory.mktemp("one-lane"), tiny_model_dir, media_roots=media_root, max_workers=1,
+                        engine_max_sequences=1, fault_injection="slow_steps=20", admission_queue_wait_ms=60000,
+                        admission_queue_size=4)
     try:
-        wait_ready(proc)
+        wait_workers_ready(proc, 1)
         yield proc
     finally:
         proc.stop()
 
 
-def _worker_engine(worker, outcome: str) -> float:
-    text = http("GET", worker.base_url + "/metrics")[2]
-    match = re.search(rf'^fastvlm_engine_requests_total\{{outcome="{outcome}"\}} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
-def test_a_queued_image_whose_client_left_never_runs(one_lane_worker):
-    """With the one sequence lane busy on a long generation, a second request waits in the
-    engine's queue; when its client disconnects it must be withdrawn, not run for nobody."""
-    worker = one_lane_worker
-    completed, cancelled = _worker_engine(worker, "completed"), _worker_engine(worker, "cancelled")
+def test_a_queued_image_whose_client_left_never_runs(one_lane_router):
+    """With the one slot busy on a long generation, a second request waits in the router's
+    admission queue; when its client disconnects it must leave the queue, not run for nobody."""
+    router = one_lane_router
+    completed, cancelled = _engine(router, "completed"), _engine(router, "cancelled")
 
     def waiting() -> int:
-        return http("GET", worker.base_url + "/healthz")[2]["queue_depth"]
+        return http("GET", router.base_url + "/healthz")[2]["admission_queue"]["image"]
 
-    long_call = threading.Thread(target=http, args=("POST", worker.base_url + "/predict_image",
+    long_call = threading.Thread(target=http, args=("POST", router.base_url + "/predict_image",
                                                     {"image_path": "coffee.jpg", "max_new_tokens": 400}),
                                  kwargs={"timeout": 300})
     long_call.start()
     try:
-        wait_until(lambda: http("GET", worker.base_url + "/healthz")[2]["active_sequences"] == 1, 30,
+        wait_until(lambda: http("GET", router.base_url + "/healthz")[2]["workers"][0]["in_flight"] == 1, 30,
                    "the long request to run")
-        with open_sockets(worker.base_url, 1) as (sock,):
+        with open_sockets(router.base_url, 1) as (sock,):
             sock.sendall(request_bytes("POST", "/predict_image",
                                        json.dumps({"image_path": "chelsea.jpg", "max_new_tokens": 400}).encode(),
                                        {"Content-Type": "application/json"}))
-            wait_until(lambda: waiting() == 1, 30, "the second to wait in the engine's queue")
-        wait_until(lambda: waiting() == 0, 30, "the abandoned request to be withdrawn")
+            wait_until(lambda: waiting() == 1, 30, "the second to wait in the admission queue")
+        wait_until(lambda: waiting() == 0, 30, "the abandoned request to leave the queue")
     finally:
         long_call.join(300)
-    status, _, body = http("POST", worker.base_url + "/predict_image", {"image_path": "rocket.jpg",
+    status, _, body = http("POST", router.base_url + "/predict_image", {"image_path": "rocket.jpg",
                                                                         "max_new_tokens": 2})
     assert status == 200, body
-    assert _worker_engine(worker, "completed") - completed == 2  # the long one and the last one
-    assert _worker_engine(worker, "cancelled") - cancelled == 1  # the abandoned one never ran
+    assert _engine(router, "completed") - completed == 2  # the long one and the last one
+    assert _engine(router, "cancelled") - cancelled == 0  # the abandoned one never reached the worker
 
 
 def test_a_stream_whose_client_leaves_frees_its_sequence_in_the_worker(router):

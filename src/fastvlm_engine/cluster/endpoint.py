@@ -122,6 +122,8 @@ class WorkerEndpoint:
         A partitioned host drops no connection: without this a request to it would hang until its
         timeout, long after routing stopped choosing the host.
         """
+        if not self.remote:  # a local worker is never declared lost: its supervisor kills it instead
+            return await call
         task = asyncio.ensure_future(call)
         lost = asyncio.ensure_future(self._lost.wait())
         try:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from .chat import ChatTurn, template_messages
 from .detokenize import decode_text
 from .framing import ImageFit, pad_colour, pad_to_square
 from .model_info import ModelInfo
@@ -34,7 +35,7 @@ class PreparedInput:
     """One request, tokenised and preprocessed, ready to join a batch."""
 
     input_ids: torch.Tensor  # 1-D, image tokens already expanded
-    pixel_values: torch.Tensor | None  # (1, 3, H, W) or None for text-only prompts
+    pixel_values: torch.Tensor | None  # (images, 3, H, W) or None for text-only prompts
     max_new_tokens: int
 
     @property
@@ -186,15 +187,27 @@ class FastVLM:
         ``image_fit``: ``pad`` shows the model the whole image on a square of the processor's
         mean colour (Apple's training framing); ``crop`` keeps the processor's centre crop.
         """
-        content: list[dict] = [{"type": "image"}] if image is not None else []
-        content.append({"type": "text", "text": self.clean_prompt(prompt)})
-        text = self.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                  add_generation_prompt=True)
-        if image is None:
+        turn = ChatTurn("user", (prompt,), images=0 if image is None else 1)
+        return self.prepare_chat([turn], [] if image is None else [image], max_new_tokens, image_fit=image_fit)
+
+    def prepare_chat(self, turns: Sequence[ChatTurn], images: Sequence[Image.Image], max_new_tokens: int, *,
+                     image_fit: ImageFit = "pad") -> PreparedInput:
+        """Template, tokenise and preprocess a conversation (thread-safe, off the inference thread).
+
+        ``images`` are the pictures of every user turn, in turn order (``turn.images`` of them each);
+        each turn's texts are cleaned like a prompt (see :mod:`.chat`). A single user turn with one
+        image and one text gives exactly what :meth:`prepare` gives.
+        """
+        if sum(turn.images for turn in turns) != len(images):
+            raise ValueError(f"the turns show {sum(turn.images for turn in turns)} images, {len(images)} were given")
+        messages = template_messages(turns, self.clean_prompt)
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        if not images:
             encoded = self.tokenizer([text], return_tensors="pt")
             pixel_values = None
         else:
-            encoded = self.processor(images=[self._fit(image, image_fit)], text=[text], return_tensors="pt")
+            encoded = self.processor(images=[self._fit(image, image_fit) for image in images], text=[text],
+                                     return_tensors="pt")
             pixel_values = encoded["pixel_values"]
         return PreparedInput(input_ids=encoded["input_ids"][0], pixel_values=pixel_values,
                              max_new_tokens=max_new_tokens)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -40,15 +41,18 @@ def _error_code(status: int, body: bytes) -> str:
 
 
 class TelemetryMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, endpoints: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, endpoints: frozenset[str],
+                 prefixes: Mapping[str, str] | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.endpoints = endpoints
+        self.prefixes = {"/admin/": "/admin", **(prefixes or {})}
+        """Paths under a prefix are recorded under one endpoint label (``/v1/models/<id>`` as ``/v1/models``)."""
 
     def _endpoint(self, path: str) -> str | None:
         if path in self.endpoints:
             return path
-        return "/admin" if path.startswith("/admin/") else None
+        return next((label for prefix, label in self.prefixes.items() if path.startswith(prefix)), None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self._endpoint(scope.get("path", "")) if scope["type"] == "http" else None

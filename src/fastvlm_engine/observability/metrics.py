@@ -17,6 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from ..config import CHAT_ENDPOINT
+
 __all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "EngineCollector", "HttpMetrics", "PoolCollector", "QueueCollector",
            "WorkerMetrics", "render"]
 
@@ -24,7 +26,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-API_ENDPOINTS = ("/predict_image", "/summarize_video")
+API_ENDPOINTS = ("/predict_image", "/summarize_video", CHAT_ENDPOINT)
 
 
 class HttpMetrics:

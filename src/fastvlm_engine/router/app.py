@@ -16,11 +16,13 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from ..auth import KeyRing, load_key_file
-from ..config import Settings
+from ..config import CHAT_ENDPOINT, OPENAI_PREFIX, Settings
 from ..guards import AccessGuard
 from ..observability import tracing
 from ..observability.http import TelemetryMiddleware
 from ..observability.metrics import API_ENDPOINTS
+from ..openai_compat import ChatCompletionRequest
+from ..openai_compat.responses import ChatCompletion, ModelCard, ModelList
 from ..schemas import (
     PredictImageRequest,
     PredictImageResponse,
@@ -29,8 +31,9 @@ from ..schemas import (
     error_responses,
 )
 from ..web import BodyLimitMiddleware, RequestIdMiddleware, RequestLifecycle, install_error_handlers
-from ..web.openapi import media_body_openapi
-from . import admin, health, jobs, media
+from ..web.openai_errors import OpenAIErrorShape
+from ..web.openapi import json_body_openapi, media_body_openapi
+from . import admin, health, jobs, media, openai_routes
 from .state import RouterState, build_state
 
 __all__ = ["ROUTES", "RouterState", "create_app"]
@@ -57,6 +60,14 @@ ROUTES: list[tuple[str, Callable[..., Any], list[str], dict[str, Any]]] = [
     ("/summarize_video", media.summarize_video, ["POST"],
      {"response_model": SummarizeVideoResponse, "responses": _MEDIA_ERRORS,
       "openapi_extra": media_body_openapi(SummarizeVideoRequest, "video")}),
+    (CHAT_ENDPOINT, openai_routes.chat_completions, ["POST"],
+     {"response_model": ChatCompletion, "openapi_extra": json_body_openapi(ChatCompletionRequest),
+      "responses": {**_MEDIA_ERRORS, 200: {"content": {"text/event-stream": {"schema": {
+          "type": "string", "description": "With stream: chat.completion.chunk events, then data: [DONE]."}}}}}}),
+    (openai_routes.MODELS, openai_routes.list_models, ["GET"],
+     {"response_model": ModelList, "responses": error_responses(401, 403, 429)}),
+    (openai_routes.MODELS + "/{model_id:path}", openai_routes.get_model, ["GET"],
+     {"response_model": ModelCard, "responses": error_responses(401, 403, 404, 429)}),
 ]
 """(path, handler, methods, FastAPI route options); the summary is the handler's docstring."""
 
@@ -92,6 +103,7 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     app = FastAPI(title="FastVLM Descriptor Engine", version="0.1.0", lifespan=lifespan, redirect_slashes=False,
                   description="Router: admission, load shedding and proxying to FastVLM workers.")
     app.state.router = state
+    app.state.openai = openai_routes.build_openai_state(settings)
     app.state.admin_keys = KeyRing(settings.admin_keys)
     api_keys = KeyRing({**{d: None for d in settings.api_keys},
                         **(load_key_file(settings.api_keys_file) if settings.api_keys_file else {})})
@@ -101,10 +113,13 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     app.add_middleware(RequestLifecycle, in_flight=state.in_flight)
     app.add_middleware(AccessGuard, allowlist=settings.ip_allowlist, trusted_proxies=settings.trusted_proxies,
                        keys=api_keys, default_rate_per_minute=settings.api_rate_limit_per_minute,
-                       protected=frozenset(API_ENDPOINTS), protected_prefixes=("/job/", "/jobs/"),
+                       protected=frozenset(API_ENDPOINTS), protected_prefixes=("/job/", "/jobs/", OPENAI_PREFIX),
                        open_paths=frozenset({"/healthz", "/readyz"}) if settings.health_endpoints_open
                        else frozenset())
-    app.add_middleware(TelemetryMiddleware, metrics=state.metrics, endpoints=frozenset(API_ENDPOINTS))
+    app.add_middleware(OpenAIErrorShape, prefix=OPENAI_PREFIX)  # outside the guard: its 401/403/429 too
+    app.add_middleware(TelemetryMiddleware, metrics=state.metrics,
+                       endpoints=frozenset({*API_ENDPOINTS, openai_routes.MODELS}),
+                       prefixes={openai_routes.MODELS + "/": openai_routes.MODELS})
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     for path, handler, methods, options in ROUTES:

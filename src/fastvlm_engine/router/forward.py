@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -29,7 +29,7 @@ from ..web.upstream import OpenUpstream, WorkerUnreachable
 from .admission import IMAGE, VIDEO, Lease
 from .state import RouterState
 
-__all__ = ["NothingFree", "forward", "worker_deadline_s", "worker_payload"]
+__all__ = ["NothingFree", "Payload", "forward", "worker_deadline_s", "worker_payload"]
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,22 @@ def worker_payload(media: MediaRequest) -> tuple[Any, dict[str, str]]:
     return writer, {}
 
 
-async def forward(state: RouterState, request: Request, lease: Lease, media: MediaRequest,
-                  tags: Mapping[str, str]) -> tuple[OpenUpstream, Lease]:
-    """Send to the lease's worker; on a connection that never reached it (refused, or a connect
-    timeout) try another worker (one matching ``tags``), and retry an image once elsewhere if its
-    worker died mid-request or its host was lost.
+Payload = Callable[[], tuple[Any, dict[str, str]]]
+"""Builds one attempt's body (bytes or an aiohttp multipart writer) and content-type header; called
+again for every attempt, since a streamed body can be sent only once."""
+
+
+async def forward(state: RouterState, request: Request, lease: Lease, payload: Payload, *,
+                  tags: Mapping[str, str], path: str | None = None) -> tuple[OpenUpstream, Lease]:
+    """Send to the lease's worker (at ``path``, default the lease's endpoint); on a connection that
+    never reached it (refused, or a connect timeout) try another worker (one matching ``tags``), and
+    retry an image once elsewhere if its worker died mid-request or its host was lost.
 
     Returns the opened response (its body still to be read or streamed) and the lease that
     produced it; on failure every lease it took is released.
     """
     endpoint = lease.endpoint
+    path = path or endpoint
     tried: list[str] = []
     failures_left = 1 if endpoint == IMAGE else 0
     reached = False  # did any worker get the request?
@@ -72,17 +78,17 @@ async def forward(state: RouterState, request: Request, lease: Lease, media: Med
     try:
         while True:
             try:
-                body, content_type = worker_payload(media)
+                body, content_type = payload()
                 worker = lease.worker
                 with tracing.span("proxy", tracing.SpanKind.CLIENT, **{"fastvlm.worker": worker.id}):
                     request_id = request_id_of(request) or ""
                     headers = {**content_type, REQUEST_ID_HEADER: request_id,
                                DEADLINE_HEADER: str(int(worker_deadline_s(timeout) * 1000)),
-                               **worker.auth_headers("POST", endpoint, request_id=request_id,
+                               **worker.auth_headers("POST", path, request_id=request_id,
                                                      body_length=len(body) if isinstance(body, bytes) else None)}
                     tracing.inject(headers)
                     response = await worker.unless_lost(state.upstream.open(
-                        "POST", worker.url + endpoint, body=body, headers=headers, timeout_s=timeout))
+                        "POST", worker.url + path, body=body, headers=headers, timeout_s=timeout))
                 if not await _busy(response):
                     return response, lease
                 log.info("worker %s cannot take it now (full, draining or loading); trying another", lease.worker.id)

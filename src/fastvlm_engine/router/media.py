@@ -10,12 +10,11 @@ something it picks per request.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-from ..cluster.endpoint import EndpointLost
 from ..cluster.tags import format_tags, parse_tags
 from ..config import Settings
 from ..errors import (
@@ -24,22 +23,22 @@ from ..errors import (
     NoMatchingWorkers,
     NoReadyWorkers,
     ShuttingDown,
-    WorkerFailed,
     WorkersBusy,
 )
-from ..headers import TAGS_HEADER, WORKER_HEADER
+from ..headers import TAGS_HEADER
 from ..intake.request import body_rules, intake_limits, read_media_request
 from ..intake.submission import MediaKind
 from ..observability import tracing
-from ..web.sse import sse_event
-from ..web.upstream import OpenUpstream, end_to_end_headers
+from ..web.upstream import OpenUpstream
 from .admission import IMAGE, VIDEO, Lease
-from .forward import NothingFree, forward
+from .forward import NothingFree, Payload, forward, worker_payload
 from .jobs import submit_job, wants_job
+from .respond import respond
 from .retry_after import parse_attempt
 from .state import RouterState
 
-__all__ = ["client_identity", "predict_image", "required_tags", "shed_error", "summarize_video"]
+__all__ = ["DRAIN_RETRY_AFTER_S", "admit_and_forward", "client_identity", "predict_image", "required_tags",
+           "shed_error", "summarize_video"]
 
 DRAIN_RETRY_AFTER_S = 1.0
 """What a request arriving during a drain is told: another router (or this one restarted) will take it."""
@@ -66,14 +65,16 @@ def required_tags(request: Request, settings: Settings, endpoint: str) -> dict[s
         raise InvalidTags(f"{TAGS_HEADER}: {exc}") from None
 
 
-def shed_error(state: RouterState, request: Request, endpoint: str, tags: Mapping[str, str]) -> EngineError:
-    """The 503 for a request no worker can take now, with a measured retry hint."""
+def shed_error(state: RouterState, request: Request, endpoint: str, tags: Mapping[str, str], *,
+               label: str | None = None) -> EngineError:
+    """The 503 for a request no worker can take now, with a measured retry hint; ``label`` names the
+    client-facing endpoint in the metrics when it is not the admission class ``endpoint`` itself."""
     attempt = parse_attempt(request.headers.get("x-retry-attempt"))
     estimator, admission = state.retry_after, state.admission
     ready = state.endpoints.ready()
     matching = admission.matching(tags) if tags else ready
     estimator.rejected(endpoint, client_identity(request))
-    state.metrics.busy_rejections.labels(endpoint).inc()
+    state.metrics.busy_rejections.labels(label or endpoint).inc()
     queued = admission.queue_depth(endpoint)
     wait = estimator.estimate(endpoint, in_flight=sum(w.in_flight for w in matching) + queued,
                               capacity=admission.capacity(endpoint, tags), attempt=attempt)
@@ -99,57 +100,26 @@ async def _media_endpoint(request: Request, kind: MediaKind) -> Response:
     if not state.admission.available(endpoint, tags):  # shed before reading a byte of the body
         raise shed_error(state, request, endpoint, tags)
     with await read_media_request(request, kind, intake_limits(settings, kind), body_rules(settings)) as media:
-        with tracing.span("admission") as span:
-            asked = time.monotonic()
-            lease = await state.admission.acquire(endpoint, tags)
-            state.metrics.admission_wait.labels(endpoint).observe(time.monotonic() - asked)
-            span.set_attribute("fastvlm.admitted", lease is not None)
-        if lease is None:
-            raise shed_error(state, request, endpoint, tags)
-        try:
-            upstream, lease = await forward(state, request, lease, media, tags)
-        except NothingFree:
-            raise shed_error(state, request, endpoint, tags) from None
-    headers = end_to_end_headers(upstream.headers)
-    headers[WORKER_HEADER] = lease.worker.id
-    if upstream.is_stream:  # the slot stays taken until the stream ends
-        return StreamingResponse(_relay(state, lease, upstream), status_code=upstream.status, headers=headers)
-    succeeded = False
+        upstream, lease = await admit_and_forward(state, request, endpoint, lambda: worker_payload(media), tags=tags)
+    return await respond(state, lease, upstream)
+
+
+async def admit_and_forward(state: RouterState, request: Request, endpoint: str, payload: Payload, *,
+                            tags: Mapping[str, str], path: str | None = None) -> tuple[OpenUpstream, Lease]:
+    """Take a slot for the admission class ``endpoint`` on a worker offering ``tags`` (waiting in the
+    admission queue when that is allowed) and send the request to it at ``path`` (default
+    ``endpoint``); 503 (shed) when no slot frees in time or no worker could be reached."""
+    with tracing.span("admission") as span:
+        asked = time.monotonic()
+        lease = await state.admission.acquire(endpoint, tags)
+        state.metrics.admission_wait.labels(endpoint).observe(time.monotonic() - asked)
+        span.set_attribute("fastvlm.admitted", lease is not None)
+    if lease is None:
+        raise shed_error(state, request, endpoint, tags, label=path)
     try:
-        body = await upstream.read()
-        succeeded = upstream.status == 200
-        return Response(body, status_code=upstream.status, headers=headers)
-    finally:
-        _finish(state, lease, succeeded)
-
-
-async def _relay(state: RouterState, lease: Lease, upstream: OpenUpstream) -> AsyncIterator[bytes]:
-    """Pass a worker's event stream through as it arrives; a client that leaves closes it."""
-    completed = False
-    try:
-        chunks = upstream.chunks()
-        while True:
-            try:
-                chunk = await lease.worker.unless_lost(anext(chunks, None))
-            except (EndpointLost, WorkerFailed) as exc:
-                # Headers are sent: the failure can only be told in the stream itself.
-                failure = exc if isinstance(exc, WorkerFailed) else WorkerFailed(
-                    "The worker's host was lost mid-stream; retry the request.")
-                yield sse_event(failure.to_body(), "error")
-                return
-            if chunk is None:
-                break
-            yield chunk
-        completed = True
-    finally:
-        upstream.close()
-        _finish(state, lease, completed and upstream.status == 200)
-
-
-def _finish(state: RouterState, lease: Lease, succeeded: bool) -> None:
-    elapsed = lease.release(succeeded=succeeded)
-    if succeeded:
-        state.retry_after.observe(lease.endpoint, elapsed)
+        return await forward(state, request, lease, payload, tags=tags, path=path)
+    except NothingFree:
+        raise shed_error(state, request, endpoint, tags, label=path) from None
 
 
 async def predict_image(request: Request) -> Response:

@@ -25,6 +25,8 @@ __all__ = [
     "caption_lines",
     "extractive_summary",
     "format_timestamp",
+    "shorten",
+    "timeline_entries",
     "timeline_lines",
 ]
 
@@ -51,7 +53,8 @@ def format_timestamp(seconds: float) -> str:
     return f"{max(0.0, seconds):.1f}s"
 
 
-def _shorten(text: str, limit: int) -> str:
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut at a word boundary to at most ``limit`` characters, with an ellipsis when cut."""
     if len(text) <= limit:
         return text
     cut = text[:max(1, limit - 1)]
@@ -105,12 +108,22 @@ def timeline_lines(entries: Sequence[TimelineEntry], max_chars: int) -> list[str
         step = len(items) / keep
         items = [items[int(i * step + step / 2)] for i in range(keep)]
     share = max(1, max_chars // len(items) - prefix)
-    lines = [line(e, _shorten(e.text, share)) for e in items]
+    lines = [line(e, shorten(e.text, share)) for e in items]
     while lines and total(lines) > max_chars:  # only when even one entry is too long
         lines[-1] = lines[-1][:max(0, len(lines[-1]) - (total(lines) - max_chars))]
         if not lines[-1]:
             lines.pop()
     return lines
+
+
+def timeline_entries(captions: Sequence[tuple[float, str]], speech: Sequence[tuple[float, float, str]] = (),
+                     on_screen: Sequence[tuple[float, float, str]] = ()) -> list[TimelineEntry]:
+    """Frame captions ``(t, caption)``, what is said and the text shown on screen ``(start, end, text)``
+    as timeline entries: ``[12.4s] caption``, ``[3.0s-5.2s] says: "..."``, ``[...] on screen: "..."``."""
+    entries = [TimelineEntry(t, format_timestamp(t), text) for t, text in captions]
+    entries += [TimelineEntry(start, _span(start, end), f'says: "{text}"') for start, end, text in speech]
+    entries += [TimelineEntry(start, _span(start, end), f'on screen: "{text}"') for start, end, text in on_screen]
+    return entries
 
 
 def build_summary_prompt(captions: Sequence[tuple[float, str]], *, duration: float, max_chars: int,
@@ -122,10 +135,7 @@ def build_summary_prompt(captions: Sequence[tuple[float, str]], *, duration: flo
     and the text shown on screen ``(start, end, text)``. ``max_chars`` bounds the timeline part
     (``video_summary_context_chars``); the fixed instructions around it add about 400 characters.
     """
-    entries = [TimelineEntry(t, format_timestamp(t), text) for t, text in captions]
-    entries += [TimelineEntry(start, _span(start, end), f'says: "{text}"') for start, end, text in speech]
-    entries += [TimelineEntry(start, _span(start, end), f'on screen: "{text}"') for start, end, text in on_screen]
-    lines = timeline_lines(entries, max_chars)
+    lines = timeline_lines(timeline_entries(captions, speech, on_screen), max_chars)
     head = _PROMPT_HEAD.format(duration=f"{max(0.0, duration):.1f}-second")
     return head + "\n".join(lines) + _PROMPT_TAIL
 

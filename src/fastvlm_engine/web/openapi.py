@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["media_body_openapi"]
+__all__ = ["json_body_openapi", "media_body_openapi"]
 
 _REF = "#/components/schemas/{model}"
 
@@ -29,3 +29,23 @@ def media_body_openapi(model: type[BaseModel], kind: str) -> dict[str, Any]:
         "multipart/form-data": {"schema": form},
         f"{kind}/*": raw,
         "application/octet-stream": raw}}}
+
+
+def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """A JSON body described by ``model``, its nested models written out in place (a route that reads
+    its body itself registers no components, so references would point nowhere)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline({**definitions[ref.removeprefix("#/$defs/")],
+                               **{k: v for k, v in node.items() if k != "$ref"}})
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}

@@ -6,11 +6,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-__all__ = ["SSE_HEADERS", "SSE_MEDIA_TYPE", "sse_event", "sse_stream"]
+__all__ = ["SSE_DONE", "SSE_HEADERS", "SSE_MEDIA_TYPE", "sse_event", "sse_stream"]
 
 SSE_MEDIA_TYPE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 """No caching, and no buffering by nginx-style proxies in front of the router."""
+SSE_DONE = b"data: [DONE]\n\n"
+"""The OpenAI protocol's last event: the stream is complete."""
 
 
 def sse_event(data: Any, event: str | None = None) -> bytes:

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from prometheus_client import CollectorRegistry
 
 from ..cluster.signing import ClusterGuard, ClusterVerifier
-from ..config import Settings
+from ..config import CHAT_ENDPOINT, OPENAI_PREFIX, Settings
 from ..errors import EngineError, InferenceTimeout, NotReady, ShuttingDown
 from ..guards import InternalTokenGuard
 from ..headers import DEADLINE_HEADER, QUEUE_HEADER
@@ -49,7 +49,9 @@ from ..web import (
     media_body_openapi,
     request_id_of,
 )
+from ..web.openai_errors import OpenAIErrorShape
 from ..web.sse import SSE_HEADERS, SSE_MEDIA_TYPE, sse_event
+from . import chat
 from .service import Reservation, WorkerService, WorkerState
 
 __all__ = ["create_app", "request_deadline_s"]
@@ -112,6 +114,35 @@ async def _image_events(service: WorkerService, prepared, slot: Reservation) -> 
             yield sse_event(data.model_dump() if event == "done" else {"text": data}, event)
     except EngineError as exc:
         yield sse_event(exc.to_body(), "error")
+    finally:
+        slot.release()
+
+
+async def chat_completions(request: Request) -> Response:
+    """Chat completion in OpenAI's shape, from the router's canonical form (clients call the router)."""
+    service = _check_serving(request)
+    slot = service.reserve("image")  # a chat holds one sequence, whatever it was asked about
+    try:
+        deadline_s = request_deadline_s(request, service.settings.inference_timeout_s)
+        deadline = time.monotonic() + deadline_s
+        async with _deadline(deadline_s):
+            with await chat.read_chat_request(request, service.settings) as upload:
+                prepared = await chat.prepare_chat(service, upload, deadline=deadline)
+            if prepared.stream:
+                events = await chat.started_stream(chat.stream_chat(service, prepared, request_id_of(request)))
+                stream, slot = _released_after(events, slot), None  # the stream holds it until it ends
+                return StreamingResponse(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+            document, result = await chat.complete_chat(service, prepared)
+    finally:
+        if slot is not None:
+            slot.release()
+    return JSONResponse(document, headers={QUEUE_HEADER: str(round(result.queue_s * 1000, 2))})
+
+
+async def _released_after(events: AsyncIterator[bytes], slot: Reservation) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            yield event
     finally:
         slot.release()
 
@@ -190,6 +221,7 @@ ROUTES: list[tuple[str, Callable[..., Any], list[str], dict[str, Any]]] = [
     ("/summarize_video", summarize_video, ["POST"],
      {"response_model": SummarizeVideoResponse, "responses": _MEDIA_ERRORS,
       "openapi_extra": media_body_openapi(SummarizeVideoRequest, "video")}),
+    (CHAT_ENDPOINT, chat_completions, ["POST"], {"responses": _MEDIA_ERRORS}),
 ]
 
 
@@ -250,6 +282,7 @@ def create_app(settings: Settings, service: WorkerService | None = None, *, work
     app.state.in_flight = in_flight
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
     app.add_middleware(RequestLifecycle, in_flight=in_flight)
+    app.add_middleware(OpenAIErrorShape, prefix=OPENAI_PREFIX)
     app.add_middleware(TelemetryMiddleware, metrics=metrics_, endpoints=frozenset(API_ENDPOINTS))
     token = settings.worker_token.get_secret_value()
     secret = settings.cluster_secret.get_secret_value()
