@@ -1,7 +1,7 @@
 """The router's app: middleware, lifespan and the route table.
 
-Routes live in small modules (``media``, ``health``, ``admin``); this module only assembles
-them. The router never imports torch: it starts in well under a second.
+Routes live in small modules (``media``, ``health``, ``admin``, ``status``); this module only
+assembles them. The router never imports torch: it starts in well under a second.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..schemas import (
 )
 from ..web import BodyLimitMiddleware, RequestIdMiddleware, RequestLifecycle, install_error_handlers
 from ..web.openapi import media_body_openapi
-from . import admin, health, media
+from . import admin, health, media, status
 from .state import RouterState, build_state
 
 __all__ = ["ROUTES", "RouterState", "create_app"]
@@ -42,6 +42,7 @@ ROUTES: list[tuple[str, Callable[..., Any], list[str], dict[str, Any]]] = [
     ("/healthz", health.healthz, ["GET", "HEAD"], {}),
     ("/readyz", health.readyz, ["GET", "HEAD"], {"responses": error_responses(503)}),
     ("/metrics", health.metrics, ["GET"], {"response_class": PlainTextResponse}),
+    ("/status", status.status, ["GET"], {"responses": error_responses(401, 403)}),
     ("/admin/workers/{worker_id}/release", admin.release_worker, ["POST"],
      {"responses": error_responses(401, 404, 409)}),
     ("/predict_image", media.predict_image, ["POST"],
@@ -77,6 +78,7 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     app.state.admin_keys = KeyRing(settings.admin_keys)
     api_keys = KeyRing({**{d: None for d in settings.api_keys},
                         **(load_key_file(settings.api_keys_file) if settings.api_keys_file else {})})
+    app.state.api_keys = api_keys
     if not api_keys:
         log.warning("no API keys configured (FASTVLM_API_KEYS): the API answers anyone who can reach it")
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
@@ -86,7 +88,8 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
                        protected=frozenset(API_ENDPOINTS),
                        open_paths=frozenset({"/healthz", "/readyz"}) if settings.health_endpoints_open
                        else frozenset())
-    app.add_middleware(TelemetryMiddleware, metrics=state.metrics, endpoints=frozenset(API_ENDPOINTS))
+    app.add_middleware(TelemetryMiddleware, metrics=state.metrics, endpoints=frozenset(API_ENDPOINTS),
+                       observers=[state.live.observe])
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     for path, handler, methods, options in ROUTES:

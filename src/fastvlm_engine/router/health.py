@@ -14,16 +14,15 @@ from .admission import IMAGE, VIDEO
 from .media import DRAIN_RETRY_AFTER_S
 from .state import RouterState
 
-__all__ = ["healthz", "metrics", "readyz"]
+__all__ = ["health_document", "healthz", "metrics", "readyz"]
 
 
 def _state(request: Request) -> RouterState:
     return request.app.state.router
 
 
-async def healthz(request: Request) -> dict:
-    """Router liveness and every worker's state, device and load."""
-    state = _state(request)
+def health_document(state: RouterState) -> dict:
+    """What /healthz answers (the console's status view starts from the same document)."""
     pool = state.pool
     return {
         "status": "ok",
@@ -35,6 +34,11 @@ async def healthz(request: Request) -> dict:
                   "memory_total_bytes": g.total_bytes, "memory_used_bytes": g.used_bytes}
                  for g in state.inventory.gpus()],
     }
+
+
+async def healthz(request: Request) -> dict:
+    """Router liveness and every worker's state, device and load."""
+    return health_document(_state(request))
 
 
 async def readyz(request: Request) -> JSONResponse:

@@ -12,6 +12,7 @@ from ..observability.metrics import API_ENDPOINTS, HttpMetrics, PoolCollector
 from ..web import InFlight
 from .admission import IMAGE, VIDEO, Admission
 from .inventory import Inventory, make_inventory
+from .live_stats import LiveStats
 from .pool import WorkerPool
 from .retry_after import RetryAfterEstimator
 from .upstream import Upstream
@@ -58,6 +59,7 @@ class RouterState:
     registry: CollectorRegistry
     metrics: RouterMetrics
     in_flight: InFlight
+    live: LiveStats
 
     @property
     def draining(self) -> bool:
@@ -90,4 +92,4 @@ def build_state(settings: Settings, inventory: Inventory | None = None) -> Route
         settings=settings, inventory=inventory, upstream=upstream, pool=pool,
         registry=registry, metrics=RouterMetrics(registry),
         admission=admission, retry_after=retry_after,
-        in_flight=InFlight(lambda path: path in API_ENDPOINTS))
+        in_flight=InFlight(lambda path: path in API_ENDPOINTS), live=LiveStats(API_ENDPOINTS))
