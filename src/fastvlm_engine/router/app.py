@@ -1,7 +1,7 @@
 """The router's app: middleware, lifespan and the route table.
 
-Routes live in small modules (``media``, ``health``, ``admin``, ``status``); this module only
-assembles them. The router never imports torch: it starts in well under a second.
+Routes live in small modules (``media``, ``health``, ``admin``, ``status``, ``console``); this
+module only assembles them. The router never imports torch: it starts in well under a second.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..schemas import (
 from ..web import BodyLimitMiddleware, RequestIdMiddleware, RequestLifecycle, install_error_handlers
 from ..web.openapi import media_body_openapi
 from . import admin, health, media, status
+from .console import console_routes
 from .state import RouterState, build_state
 
 __all__ = ["ROUTES", "RouterState", "create_app"]
@@ -94,4 +95,7 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     install_error_handlers(app)
     for path, handler, methods, options in ROUTES:
         app.add_api_route(path, handler, methods=methods, summary=(handler.__doc__ or "").strip(), **options)
+    if settings.ui:
+        for path, handler in console_routes():
+            app.add_api_route(path, handler, methods=["GET", "HEAD"], include_in_schema=False)
     return app
