@@ -67,10 +67,17 @@ def test_keys_are_asked_for_kept_in_the_tab_and_sent_as_headers(browser, keyed_r
     assert not console.errors, console.errors
 
 
-def test_a_new_tab_starts_without_keys(browser, keyed_router):
+def test_a_new_tab_starts_without_keys_and_refuses_unsendable_ones(browser, keyed_router):
     console = open_console(browser, keyed_router.base_url)
+    page = console.page
     try:
-        assert console.page.evaluate("() => sessionStorage.length") == 0
-        assert console.page.text_content("#api-key-state") == "none"
+        assert page.evaluate("() => sessionStorage.length") == 0
+        assert page.text_content("#api-key-state") == "none"
+        page.click("#keys-summary")
+        page.fill("#api-key", "two words")  # a header cannot carry it: refused, not stored
+        page.press("#api-key", "Enter")
+        assert "cannot be sent" in page.text_content("#keys-note")
+        assert page.evaluate("() => sessionStorage.length") == 0
     finally:
-        console.page.context.close()
+        page.context.close()
+    assert not console.errors, console.errors

@@ -9,7 +9,13 @@ const JOB_WAIT_S = 20;
 const JOB_MAX_POLLS = 720; // 4 hours of long polls at most: the loop is bounded
 export const JOB_DONE = new Set(["succeeded", "failed", "cancelled", "expired"]);
 
+const KEY_CHARACTERS = /^[\x21-\x7e]{1,512}$/; // what a header can carry; fvk_ keys are URL-safe base64
+
 export const keys = {
+  /** Whether a typed key can be sent at all (printable ASCII, no spaces). */
+  valid(value) {
+    return KEY_CHARACTERS.test(value);
+  },
   get(kind) {
     try {
       return sessionStorage.getItem(STORAGE[kind]) || "";
@@ -65,10 +71,7 @@ export async function call(path, { method = "GET", body, headers = {}, key = "ap
     return await fetch(path, { method, body, headers: all, signal, cache: "no-store", credentials: "same-origin" });
   } catch (exc) {
     if (exc.name === "AbortError") throw exc;
-    const message = exc instanceof TypeError && secret && /header/i.test(String(exc.message))
-      ? "The saved key contains characters a header cannot carry; enter it again."
-      : "The service could not be reached.";
-    throw new ApiError(0, { code: "network_error", message });
+    throw new ApiError(0, { code: "network_error", message: "The service could not be reached." });
   }
 }
 

@@ -45,6 +45,10 @@ function setupKeys(onChange) {
     byId(`${kind}-key-form`).addEventListener("submit", (event) => {
       event.preventDefault();
       const value = input.value.trim();
+      if (value && !keys.valid(value)) {
+        byId("keys-note").textContent = "A key is printable ASCII without spaces; that one cannot be sent.";
+        return;
+      }
       if (value) keys.set(kind, value);
       input.value = "";
       describe();
