@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 
 # Real components the tests run against (none is mocked): Prometheus (metrics), Redis (job queue,
 # cluster registry), Tesseract with its English data and the DejaVu fonts (on-screen text),
-# iproute2 (network namespaces for the multi-host tests).
-DEBIAN_PACKAGES := prometheus redis-server tesseract-ocr tesseract-ocr-eng fonts-dejavu-core iproute2
+# iproute2 (network namespaces for the multi-host tests), Chromium (the web console's browser tests, driven
+# headless by Playwright through /usr/bin/chromium).
+DEBIAN_PACKAGES := prometheus redis-server tesseract-ocr tesseract-ocr-eng fonts-dejavu-core iproute2 chromium
 
 .PHONY: serve test bench clean system-packages
 

@@ -435,6 +435,11 @@ class Settings(BaseSettings):
     video_thumbnail_max_side: int = Field(192, ge=16, le=1024, description="Long side (px) of the keyframe "
                                           "JPEGs a request gets with include_thumbnails.")
 
+    # --- web console ---------------------------------------------------------------------------
+    ui: bool = Field(True, description="Serve the web console at GET / (static files inside the package, no "
+                     "key needed to load the page; the API calls it makes need keys as usual, and the IP "
+                     "allowlist applies); false = no console.")
+
     # --- testing -------------------------------------------------------------------------------
     fault_injection: str = Field("", description="FOR TESTS ONLY, off when empty: faults a worker "
                                  "injects into itself, e.g. 'exit_at_startup@w1', 'crash_after=5', "

@@ -5,6 +5,10 @@ response is done it records the request metrics and writes one access-log line: 
 trace id, endpoint, worker, status, error code, queue wait, latency, retry attempt and API key
 id (never the key). Health, readiness and metrics probes are left out of both, so they do not
 drown the signal. Per-request state lives in locals: the instance never changes after __init__.
+
+Anything else that wants to know how requests end (the router's rolling window for the console)
+passes an observer: it gets one :class:`RequestOutcome` per recorded request. An observer that
+raises is logged and skipped, so telemetry never breaks a request.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -23,12 +28,26 @@ from ..headers import QUEUE_HEADER, WORKER_HEADER
 from .metrics import HttpMetrics
 from .tracing import extract, tracer
 
-__all__ = ["TelemetryMiddleware"]
+__all__ = ["Observer", "RequestOutcome", "TelemetryMiddleware"]
 
 _QUEUE = QUEUE_HEADER.lower()
 _WORKER = WORKER_HEADER.lower()
 _ERROR_BODY_LIMIT = 16 * 1024
 access_log = logging.getLogger("fastvlm_engine.access")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestOutcome:
+    """How one request ended, as the middleware's observers see it."""
+
+    endpoint: str
+    status: int
+    code: str  # "ok" or the error code of the body
+    seconds: float  # until the last byte of the response (the end of a stream)
+
+
+Observer = Callable[[RequestOutcome], None]
 
 
 def _error_code(status: int, body: bytes) -> str:
@@ -42,12 +61,13 @@ def _error_code(status: int, body: bytes) -> str:
 
 class TelemetryMiddleware:
     def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, endpoints: frozenset[str],
-                 prefixes: Mapping[str, str] | None = None) -> None:
+                 prefixes: Mapping[str, str] | None = None, observers: Sequence[Observer] = ()) -> None:
         self.app = app
         self.metrics = metrics
         self.endpoints = endpoints
         self.prefixes = {"/admin/": "/admin", **(prefixes or {})}
         """Paths under a prefix are recorded under one endpoint label (``/v1/models/<id>`` as ``/v1/models``)."""
+        self.observers = tuple(observers)
 
     def _endpoint(self, path: str) -> str | None:
         if path in self.endpoints:
@@ -94,6 +114,12 @@ class TelemetryMiddleware:
         status = response["status"]
         code = _error_code(status, response["body"])
         self.metrics.observe(endpoint, code, seconds)
+        outcome = RequestOutcome(endpoint=endpoint, status=status, code=code, seconds=seconds)
+        for observer in self.observers:
+            try:
+                observer(outcome)
+            except Exception:
+                log.exception("a request observer failed; the request is not affected")
         context = span.get_span_context()
         state = scope.get("state", {})
         attempt = headers.get("x-retry-attempt", "")

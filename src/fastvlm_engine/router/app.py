@@ -1,7 +1,7 @@
 """The router's app: middleware, lifespan and the route table.
 
-Routes live in small modules (``media``, ``health``, ``admin``); this module only assembles
-them. The router never imports torch: it starts in well under a second.
+Routes live in small modules (``media``, ``health``, ``admin``, ``status``, ``console``); this
+module only assembles them. The router never imports torch: it starts in well under a second.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from ..schemas import (
 from ..web import BodyLimitMiddleware, RequestIdMiddleware, RequestLifecycle, install_error_handlers
 from ..web.openai_errors import OpenAIErrorShape
 from ..web.openapi import json_body_openapi, media_body_openapi
-from . import admin, health, jobs, media, openai_routes
+from . import admin, health, jobs, media, openai_routes, status
+from .console import console_routes
 from .state import RouterState, build_state
 
 __all__ = ["ROUTES", "RouterState", "create_app"]
@@ -46,6 +47,7 @@ ROUTES: list[tuple[str, Callable[..., Any], list[str], dict[str, Any]]] = [
     ("/healthz", health.healthz, ["GET", "HEAD"], {}),
     ("/readyz", health.readyz, ["GET", "HEAD"], {"responses": error_responses(503)}),
     ("/metrics", health.metrics, ["GET"], {"response_class": PlainTextResponse}),
+    ("/status", status.status, ["GET"], {"responses": error_responses(401, 403)}),
     ("/admin/workers/{worker_id}/release", admin.release_worker, ["POST"],
      {"responses": error_responses(401, 404, 409)}),
     ("/admin/hosts/{host}/drain", admin.drain_host, ["POST"], {"responses": error_responses(401, 404, 503)}),
@@ -107,6 +109,7 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     app.state.admin_keys = KeyRing(settings.admin_keys)
     api_keys = KeyRing({**{d: None for d in settings.api_keys},
                         **(load_key_file(settings.api_keys_file) if settings.api_keys_file else {})})
+    app.state.api_keys = api_keys
     if not api_keys:
         log.warning("no API keys configured (FASTVLM_API_KEYS): the API answers anyone who can reach it")
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
@@ -119,9 +122,12 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     app.add_middleware(OpenAIErrorShape, prefix=OPENAI_PREFIX)  # outside the guard: its 401/403/429 too
     app.add_middleware(TelemetryMiddleware, metrics=state.metrics,
                        endpoints=frozenset({*API_ENDPOINTS, openai_routes.MODELS}),
-                       prefixes={openai_routes.MODELS + "/": openai_routes.MODELS})
+                       prefixes={openai_routes.MODELS + "/": openai_routes.MODELS}, observers=[state.live.observe])
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     for path, handler, methods, options in ROUTES:
         app.add_api_route(path, handler, methods=methods, summary=(handler.__doc__ or "").strip(), **options)
+    if settings.ui:
+        for path, handler in console_routes():
+            app.add_api_route(path, handler, methods=["GET", "HEAD"], include_in_schema=False)
     return app

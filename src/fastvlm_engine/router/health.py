@@ -15,7 +15,7 @@ from .admission import IMAGE, VIDEO
 from .media import DRAIN_RETRY_AFTER_S
 from .state import RouterState
 
-__all__ = ["healthz", "hosts_snapshot", "metrics", "readyz", "worker_snapshot"]
+__all__ = ["health_document", "healthz", "hosts_snapshot", "metrics", "readyz", "worker_snapshot"]
 
 
 def _state(request: Request) -> RouterState:
@@ -41,9 +41,8 @@ def hosts_snapshot(state: RouterState) -> list[dict]:
     return hosts
 
 
-async def healthz(request: Request) -> dict:
-    """Router liveness and every worker's state, device and load, grouped by host."""
-    state = _state(request)
+def health_document(state: RouterState) -> dict:
+    """What /healthz answers (the console's status view starts from the same document)."""
     endpoints = state.endpoints
     hosts = hosts_snapshot(state)
     return {
@@ -55,10 +54,16 @@ async def healthz(request: Request) -> dict:
         "hosts": hosts,
         "registry": state.endpoints.remote.status() if state.endpoints.remote is not None else None,
         "admission_queue": {"image": state.admission.queue_depth(IMAGE), "video": state.admission.queue_depth(VIDEO)},
+        "jobs": {"by_status": dict(state.job_counts), "queued_by_endpoint": dict(state.job_depth)},
         "gpus": [{"index": g.index, "name": g.name, "simulated": state.inventory.simulated,
                   "memory_total_bytes": g.total_bytes, "memory_used_bytes": g.used_bytes}
                  for g in state.inventory.gpus()],
     }
+
+
+async def healthz(request: Request) -> dict:
+    """Router liveness and every worker's state, device and load, grouped by host."""
+    return health_document(_state(request))
 
 
 async def readyz(request: Request) -> JSONResponse:

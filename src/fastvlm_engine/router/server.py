@@ -14,9 +14,15 @@ from ..config import Settings
 from ..web.server import serve
 from .app import create_app
 
-__all__ = ["run_router"]
+__all__ = ["console_url", "run_router"]
 
 log = logging.getLogger(__name__)
+
+
+def console_url(host: str, port: int) -> str:
+    """Where a browser on this host reaches the console (a wildcard bind is reached on loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def run_router(settings: Settings) -> int:
@@ -29,6 +35,8 @@ def run_router(settings: Settings) -> int:
                  len(state.in_flight), settings.shutdown_grace_s)
         state.start_draining()
 
+    if settings.ui:
+        log.info("web console on %s (FASTVLM_UI=false turns it off)", console_url(settings.host, settings.port))
     serve(app, host=settings.host, port=settings.port, in_flight=state.in_flight,
           grace_s=settings.shutdown_grace_s, on_drain=start_draining,
           max_connections=settings.http_max_connections, header_timeout_s=settings.http_header_timeout_s,

@@ -18,6 +18,7 @@ from ..web.upstream import Upstream
 from .admission import IMAGE, VIDEO, Admission
 from .endpoints import Endpoints
 from .jobs import DrainRate
+from .live_stats import LiveStats
 from .retry_after import RetryAfterEstimator
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class RouterState:
     metrics: RouterMetrics
     in_flight: InFlight
     jobs: JobStore
+    live: LiveStats
     drain_rate: DrainRate = field(default_factory=DrainRate)
     job_counts: dict[str, int] = field(default_factory=dict)  # refreshed by the sweeper
     job_depth: dict[str, int] = field(default_factory=dict)
@@ -130,7 +132,8 @@ def build_state(settings: Settings, inventory: Inventory | None = None) -> Route
         settings=settings, inventory=inventory, upstream=upstream, endpoints=endpoints,
         registry=registry, metrics=RouterMetrics(registry),
         admission=admission, retry_after=retry_after,
-        in_flight=InFlight(lambda path: path in API_ENDPOINTS), jobs=open_store_from_settings(settings))
+        in_flight=InFlight(lambda path: path in API_ENDPOINTS), jobs=open_store_from_settings(settings),
+        live=LiveStats(API_ENDPOINTS))
     registry.register(QueueCollector(
         jobs=lambda: state.job_counts, depth=lambda: state.job_depth,
         admission=lambda: {"image": admission.queue_depth(IMAGE), "video": admission.queue_depth(VIDEO)}))
