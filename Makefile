@@ -37,8 +37,12 @@ system-packages:
 	  else echo "the tests need these Debian packages: sudo apt-get install" $$missing; exit 1; fi; \
 	fi
 
+# Three test processes on two cores: most tests wait on real services (model loads, HTTP, Redis,
+# namespaces) rather than compute; one file per process keeps module-scoped services unshared.
+TEST_PROCESSES ?= 3
+
 test: $(VENV)/.installed-test system-packages
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/engine_batching.py

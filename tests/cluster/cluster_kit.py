@@ -79,11 +79,14 @@ class Cluster:
         base.update(settings)
         return worker_env(**base)
 
-    def start_node(self, name: str, tags: str = "", **settings: Any) -> Node:
-        host = self.net.host(name)
+    def start_node(self, name: str, tags: str = "", *, pin_cpu: int | None = None, **settings: Any) -> Node:
+        """A node agent on a new host ``name`` (or the existing one, after a kill); ``pin_cpu`` runs it and
+        its workers on that core only."""
+        host = self.nodes[name].host if name in self.nodes else self.net.host(name)
         env = self._env(node_name=name, host_tags=tags, advertise_host=host.address, max_workers=1,
                         state_dir=self.tmp / f"state-{name}", **settings)
-        proc = host.spawn([*FASTVLM, "node"], env=env, log_path=self.tmp / f"{name}.log")
+        pin = ["taskset", "-c", str(pin_cpu)] if pin_cpu is not None else []
+        proc = host.spawn([*pin, *FASTVLM, "node"], env=env, log_path=self.tmp / f"{name}-{time.monotonic_ns()}.log")
         node = self.nodes[name] = Node(name=name, host=host, proc=proc, tags=tags)
         return node
 

@@ -27,11 +27,12 @@ def test_an_unsigned_loopback_cluster_routes_to_a_node_and_leaves_cleanly(tmp_pa
     redis = start_redis(tmp_path / "redis")
     common = dict(model=tiny_model_dir, media_roots=media_root, registry_url=redis.url, registry_ttl_s=3,
                   registry_heartbeat_s=0.5, heartbeat_interval_s=0.5, max_workers=1)
-    node = spawn([*FASTVLM, "node"], worker_env(**common, node_name="solo", host_tags="zone=here",
-                                                state_dir=tmp_path / "node"), tmp_path / "node.log")
-    router = start_router(tmp_path, tiny_model_dir, local_workers="false",
-                          **{k: v for k, v in common.items() if k != "model"})
+    node = router = None
     try:
+        node = spawn([*FASTVLM, "node"], worker_env(**common, node_name="solo", host_tags="zone=here",
+                                                    state_dir=tmp_path / "node"), tmp_path / "node.log")
+        router = start_router(tmp_path, tiny_model_dir, local_workers="false",
+                              **{k: v for k, v in common.items() if k != "model"})
         health = wait_workers_ready(router, 1)
         assert [h["host"] for h in health["hosts"]] == ["solo"]
         status, headers, body = http("POST", router.base_url + "/predict_image",
@@ -43,8 +44,9 @@ def test_an_unsigned_loopback_cluster_routes_to_a_node_and_leaves_cleanly(tmp_pa
         wait_until(lambda: http("GET", router.base_url + "/healthz")[2]["hosts"] == [], 20, "the node withdrawn")
         assert "without it only loopback" not in node.log()
     finally:
-        node.stop()
-        router.stop()
+        for proc in (node, router):
+            if proc is not None:
+                proc.stop()
         redis.stop()
 
 

@@ -76,6 +76,15 @@ def test_relative_path_prompt_and_request_id(worker):
     assert headers["x-request-id"] == "req-123"
 
 
+def test_worker_health_reports_the_measured_latency_of_succeeded_requests(worker):
+    status, _, body = http("POST", worker.base_url + "/predict_image", {"image_path": "coffee.jpg",
+                                                                        "max_new_tokens": 3})
+    assert status == 200, body
+    health = http("GET", worker.base_url + "/worker_health")[2]
+    assert health["latency_ms"]["/predict_image"] > 0  # what a node publishes for routers
+    assert "/summarize_video" not in health["latency_ms"]  # nothing measured, nothing claimed
+
+
 def test_concurrent_requests_share_batches_and_match_single_results(worker, media_root):
     names = ["astronaut.jpg", "coffee.jpg", "chelsea.jpg", "rocket.jpg"]
     singles = {n: post(worker, {"image_path": n, "max_new_tokens": 10})[2]["output"] for n in names}

@@ -162,6 +162,8 @@ class RemoteWorkers:
         endpoint.slots = max(1, min(registration.slots, self.settings.max_concurrent))
         endpoint.reported_in_flight = registration.in_flight
         endpoint.gpu_free_bytes = (registration.gpu or {}).get("memory_free_bytes")
+        for path, ms in registration.latency_ms.items():  # what the worker measured, until this router has
+            endpoint.latency(path).prior = ms / 1000       # its own measurements of it
 
     def _lose(self, worker_id: str, reason: str) -> None:
         remote = self._workers.pop(worker_id)

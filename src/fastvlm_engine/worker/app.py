@@ -101,6 +101,7 @@ async def predict_image(request: Request) -> Response:
                 slot = None  # the stream holds it until it ends
                 return StreamingResponse(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
             result = await service.run_prepared(prepared)
+        slot.release(succeeded=True)
     finally:
         if slot is not None:
             slot.release()
@@ -155,7 +156,9 @@ async def summarize_video(request: Request) -> SummarizeVideoResponse:
         deadline_s = request_deadline_s(request, service.settings.inference_timeout_s)
         async with _deadline(deadline_s):
             with await _read(request, "video") as media:
-                return await service.summarize_video(media, deadline=time.monotonic() + deadline_s)
+                document = await service.summarize_video(media, deadline=time.monotonic() + deadline_s)
+        slot.release(succeeded=True)
+        return document
     finally:
         slot.release()
 

@@ -167,7 +167,7 @@ class JobPuller:
             log.exception("job %s crashed", job.job_id, extra={"job_id": job.job_id})
             await self._fail(job, InferenceFailed(f"The job failed ({type(exc).__name__})."))
         finally:
-            slot.release()
+            slot.release(succeeded=outcome == "succeeded")
             self._running.pop(job.job_id, None)
             self._wake.set()
             if metrics is not None:

@@ -36,6 +36,7 @@ from ..schemas import (
     Usage,
     VideoOptions,
 )
+from ..stats import Ewma
 from .faults import FaultInjector
 
 if TYPE_CHECKING:  # torch loads in WorkerService.load, after the HTTP port is already open
@@ -54,6 +55,9 @@ if TYPE_CHECKING:  # torch loads in WorkerService.load, after the HTTP port is a
 
 __all__ = ["EXIT_DEVICE_FAILED", "EngineCaptioner", "EngineTranscriber", "PreparedImage", "Reservation",
            "WorkerService", "WorkerState"]
+
+_LATENCY_PATHS = {"image": "predict_image", "video": "summarize_video"}
+"""Latency is reported per endpoint path, as the router measures it."""
 
 EXIT_DEVICE_FAILED = 4
 """Exit status after an out-of-memory or CUDA error: the device state is unknown, so the worker
@@ -93,6 +97,7 @@ class WorkerService:
         self.faults = FaultInjector(settings.fault_injection, worker_id, incarnation)
         self.in_flight = 0  # requests holding a slot (sync and pulled jobs), see reserve()
         self.video_in_flight = 0
+        self.latency: dict[str, Ewma] = {}  # succeeded requests' durations per kind, for the registry
         self.state = WorkerState.LOADING
         self.state_reason = "loading the model"
         self.vlm: FastVLM | None = None
@@ -292,6 +297,8 @@ class WorkerService:
             "failures": stats.failed if stats else 0,
             "kv_tokens_in_use": stats.kv_tokens_in_use if stats else 0,
             "capacity": self.capacity(),
+            "latency_ms": {"/" + _LATENCY_PATHS[kind]: round(ewma.get() * 1000, 1)
+                           for kind, ewma in self.latency.items()},
             "device": str(vlm.device) if vlm else None,
             "model": vlm.info.public() if vlm else None,
             "memory": _memory_in_use(vlm),
@@ -470,17 +477,21 @@ class Reservation:
         self._service = service
         self.kind = kind
         self.released = False
+        self._started = time.monotonic()
         service.in_flight += 1
         if kind == "video":
             service.video_in_flight += 1
 
-    def release(self) -> None:
+    def release(self, *, succeeded: bool = False) -> None:
+        """Free the slot; a success feeds this worker's latency for its kind (nodes publish it)."""
         if self.released:
             return
         self.released = True
         self._service.in_flight -= 1
         if self.kind == "video":
             self._service.video_in_flight -= 1
+        if succeeded:
+            self._service.latency.setdefault(self.kind, Ewma(prior=0.0)).update(time.monotonic() - self._started)
 
 
 class EngineCaptioner:
