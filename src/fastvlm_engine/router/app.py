@@ -31,6 +31,7 @@ from ..schemas import (
 from ..web import BodyLimitMiddleware, RequestIdMiddleware, RequestLifecycle, install_error_handlers
 from ..web.openapi import media_body_openapi
 from . import admin, health, jobs, media
+from .shed import ShedMiddleware
 from .state import RouterState, build_state
 
 __all__ = ["ROUTES", "RouterState", "create_app"]
@@ -91,6 +92,7 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
         log.warning("no API keys configured (FASTVLM_API_KEYS): the API answers anyone who can reach it")
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
     app.add_middleware(RequestLifecycle, in_flight=state.in_flight)
+    app.add_middleware(ShedMiddleware, state=state)  # inside the guard: keys and rate limits decide first
     app.add_middleware(AccessGuard, allowlist=settings.ip_allowlist, trusted_proxies=settings.trusted_proxies,
                        keys=api_keys, default_rate_per_minute=settings.api_rate_limit_per_minute,
                        protected=frozenset(API_ENDPOINTS), protected_prefixes=("/job/", "/jobs/"),
