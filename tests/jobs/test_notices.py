@@ -1,16 +1,21 @@
 """Notices: a store hears at once when another process queues or finishes a job, on SQLite and on Redis.
 
-Two store objects on the same data stand for two processes (each has its own connection: a
-SQLite commit by one changes the other's data_version; a Redis script run by one is published to
-both). Each wait below has a timeout far longer than a notice takes, and the tests assert that
-the wait ended because of a notice (``True``), not when the time ran out.
+Two store objects on the same data stand for two processes (each has its own notices: its own
+Unix datagram socket with SQLite, its own subscription with Redis); the last tests use a real
+second process. Each wait below has a timeout far longer than a notice takes, and the tests
+assert that the wait ended because of a notice (``True``), not when the time ran out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 
-from fastvlm_engine.jobs import JobStatus
+from fastvlm_engine.config import load_settings
+from fastvlm_engine.jobs import JobStatus, open_store_from_settings
 
 OPTIONS = {"prompt": "p"}
 LONG_S = 20.0
@@ -130,3 +135,78 @@ def test_closing_the_store_wakes_its_waiters(store_backend):
             assert await asyncio.gather(*waits) == [True, True]
 
     run(scenario())
+
+
+# --- SQLite's datagrams -----------------------------------------------------------------------------
+
+SUBMIT_FROM_ANOTHER_PROCESS = """
+import asyncio, sys
+from fastvlm_engine.config import load_settings
+from fastvlm_engine.jobs import open_store_from_settings
+
+async def main():
+    async with open_store_from_settings(load_settings(state_dir=sys.argv[1])) as store:
+        job = await store.submit("image", {"prompt": "p"}, source_path="/media/a.jpg", max_queued=10)
+        print(job.job_id)
+
+asyncio.run(main())
+"""
+
+
+def test_a_job_queued_by_another_process_reaches_a_waiting_sqlite_store(tmp_path):
+    state = tmp_path / "state"
+
+    async def scenario():
+        async with open_store_from_settings(load_settings(state_dir=state)) as store:
+            mark = await settled(store)
+            waiting = asyncio.ensure_future(store.notices.wait_queued(mark, LONG_S))
+            await asyncio.sleep(0.05)
+            done = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", SUBMIT_FROM_ANOTHER_PROCESS,
+                                                            str(state)], capture_output=True, text=True, timeout=60,
+                                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+            assert done.returncode == 0, done.stderr
+            assert await waiting
+            assert (await store.depth())["image"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_socket_left_by_a_killed_process_is_removed_and_does_not_stop_the_others(tmp_path):
+    state = tmp_path / "state"
+
+    async def scenario():
+        async with open_store_from_settings(load_settings(state_dir=state)) as waiter, \
+                open_store_from_settings(load_settings(state_dir=state)) as submitter:
+            mark = await settled(waiter)
+            stale = state / "jobs.db.notices" / "dead.0000"
+            orphan = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            orphan.bind(str(stale))
+            orphan.close()  # bound, then gone without unlinking: as a SIGKILLed process leaves it
+            waiting = asyncio.ensure_future(waiter.notices.wait_queued(mark, LONG_S))
+            await asyncio.sleep(0.05)
+            await submit(submitter)
+            assert await waiting
+            assert not stale.exists()
+
+    asyncio.run(scenario())
+
+
+def test_notices_work_in_a_state_folder_too_long_for_a_socket_path(tmp_path):
+    state = tmp_path / ("deep-" + "x" * 60) / ("er-" + "y" * 60) / "state"
+    assert len(str(state / "jobs.db.notices" / "1234.abcd")) > 108  # more than sun_path holds
+
+    async def scenario():
+        async with open_store_from_settings(load_settings(state_dir=state)) as waiter, \
+                open_store_from_settings(load_settings(state_dir=state)) as submitter:
+            mark = await settled(waiter)
+            waiting = asyncio.ensure_future(waiter.notices.wait_queued(mark, LONG_S))
+            await asyncio.sleep(0.05)
+            job = await submit(submitter)
+            assert await waiting
+            with waiter.notices.watch_finished(job.job_id) as watch:
+                waiting = asyncio.ensure_future(watch.wait(LONG_S))
+                await asyncio.sleep(0.05)
+                await submitter.cancel(job.job_id)
+                assert await waiting
+
+    asyncio.run(scenario())

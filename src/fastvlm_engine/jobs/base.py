@@ -3,20 +3,21 @@
 A backend supplies ``_insert`` (store a new job, atomically with its queue-full and idempotency
 checks) and ``_update`` (read a job, ask a :mod:`.rules` function for its next version, write it
 only if the job did not change meanwhile). The rest of the interface is written once, here,
-including the notices for this process's own changes (a backend's driver reports the others').
+including the notices of every change this process makes: to its own waiters, and (``_announce``,
+for a backend whose writes do not publish by themselves) to the other processes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JobNotFound
 from . import rules
 from .codec import to_record
 from .model import TERMINAL, Job, JobKind, JobStatus, is_job_id
-from .notices import Notices
+from .notices import QUEUED, Notices, finished_message
 from .policy import JobPolicy
 
 if TYPE_CHECKING:
@@ -55,21 +56,34 @@ class StoreBase:
                             trace_parent=trace_parent)
         to_record(job)  # options must be JSON before any byte is stored
         stored = await self._insert(job, upload, max_queued)
-        self.notices.saw_queued()
+        if stored.job_id == job.job_id:  # not an idempotent repeat
+            self._queued()
         return stored
 
+    def _announce(self, message: bytes) -> None:
+        """Tell the other processes (a backend whose writes publish by themselves does nothing here)."""
+
+    def _queued(self) -> None:
+        self.notices.saw_queued()
+        self._announce(QUEUED)
+
+    def _finished(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            self.notices.saw_finished([job_id])
+            self._announce(finished_message(job_id))
+
     def _noticed(self, new: Job | None) -> Job | None:
-        """Tell this process's waiters about a change it made itself."""
+        """Notices for a change this process made: to its own waiters and to the other processes."""
         if new is not None and new.status in TERMINAL:
-            self.notices.saw_finished([new.job_id])
+            self._finished([new.job_id])
         elif new is not None and new.status is JobStatus.QUEUED:
-            self.notices.saw_queued()
+            self._queued()
         return new
 
     def _noticed_sweep(self, report: SweepReport) -> SweepReport:
         if report.redelivered:
-            self.notices.saw_queued()
-        self.notices.saw_finished([*report.exhausted, *report.expired, *report.purged])
+            self._queued()
+        self._finished([*report.exhausted, *report.expired])  # purged jobs had ended already
         return report
 
     async def cancel(self, job_id: str) -> Job | None:

@@ -5,12 +5,12 @@ A worker with a free slot waits for "a job may have been queued" and leases at o
 instead costs the poll interval in latency on every job, and store reads that grow with the
 number of waiters.
 
-The backend drives a store's :class:`Notices`: SQLite polls the cheap ``PRAGMA data_version``
-(which changes whenever another connection commits) while anyone waits, and then asks which of
-the waited-for jobs ended; Redis publishes from the scripts that queue or finish a job and every
-process subscribes. A notice may be spurious, and one may be lost (a Redis reconnect), so every
-caller re-reads the store after each wake-up and waits a bounded time only: a lost notice costs
-latency, never a result.
+Notices travel as short messages, ``queued`` or ``finished:<job id>``: with Redis the scripts that
+queue or finish a job publish them and every process subscribes; with SQLite the process that
+made the change sends them as datagrams to the other processes of the host (see jobs.local_bus).
+A process tells its own waiters directly. A notice may be spurious, and one may be lost (a
+reconnect, a full buffer), so every caller re-reads the store after each wake-up and waits a
+bounded time only: a lost notice costs latency, never a result.
 """
 
 from __future__ import annotations
@@ -20,9 +20,17 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 
-from ..errors import QueueUnavailable
+__all__ = ["FINISHED", "QUEUED", "FinishWatch", "Notices", "finished_message"]
 
-__all__ = ["FinishWatch", "Notices"]
+QUEUED = b"queued"
+"""The message that a job may have entered the queue."""
+FINISHED = b"finished:"
+"""The prefix of the message that a job ended: ``finished:<job id>``."""
+
+
+def finished_message(job_id: str) -> bytes:
+    return FINISHED + job_id.encode("ascii")
+
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +38,10 @@ log = logging.getLogger(__name__)
 class Notices:
     """This process's view of job changes in one store: a counter of queued notices, and waiters per job."""
 
-    def __init__(self, driver: Callable[[Notices], Awaitable[None]], *, on_demand: bool) -> None:
-        """``driver`` feeds the notices until cancelled (or, if ``on_demand``, until nobody waits: it is
-        started again by the next waiter)."""
+    def __init__(self, driver: Callable[[Notices], Awaitable[None]]) -> None:
+        """``driver`` passes other processes' notices to ``heard`` until cancelled; it starts with the
+        first wait (a process that never waits never listens)."""
         self._driver = driver
-        self._on_demand = on_demand
         self._task: asyncio.Task | None = None
         self._queued = 0
         self._queued_waiters: list[asyncio.Future] = []
@@ -81,6 +88,13 @@ class Notices:
 
     # --- what drivers use ---------------------------------------------------------------------
 
+    def heard(self, message: bytes) -> None:
+        """A notice from another process: ``QUEUED`` or ``finished_message(job_id)``; anything else is ignored."""
+        if message == QUEUED:
+            self.saw_queued()
+        elif message.startswith(FINISHED):
+            self.saw_finished([message[len(FINISHED):].decode("ascii", "replace")])
+
     def _arm(self, job_id: str) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         self._finished.setdefault(job_id, []).append(future)
@@ -93,16 +107,6 @@ class Notices:
             waiters.remove(future)
         if not waiters:
             self._finished.pop(job_id, None)
-
-    @property
-    def waited_for(self) -> list[str]:
-        """Jobs somebody waits on to finish."""
-        return list(self._finished)
-
-    @property
-    def idle(self) -> bool:
-        """Nobody waits: an on-demand driver may stop."""
-        return not self._finished and not self._queued_waiters
 
     def saw_queued(self) -> None:
         """A job may have been queued (a submit, a redelivery)."""
@@ -130,15 +134,11 @@ class Notices:
     async def _drive(self) -> None:
         try:
             await self._driver(self)
-        except asyncio.CancelledError:
-            raise
-        except QueueUnavailable as exc:  # the next waiter starts it again; until then waiters time out
-            log.debug("job notices paused: %s", exc)
-        except Exception:
-            log.exception("job notices stopped")
-        if not self._on_demand:
-            self.saw_queued()
-            self.saw_finished(None)
+        except Exception:  # a bug: waiters are left with their timeouts, the store itself still works
+            log.exception("job notices stopped; waiters fall back to re-checking the store on a timer")
+        self.saw_queued()
+        self.saw_finished(None)
+        await asyncio.Event().wait()  # stay "running", so that waiters do not start it again and again
 
     async def close(self) -> None:
         """Stop the driver and wake everyone (they re-read the store and see it closed)."""

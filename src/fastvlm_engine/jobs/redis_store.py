@@ -72,7 +72,6 @@ MEDIA_STAGING_TTL_S = 300
 leaves nothing behind for long."""
 NOTICE_RECONNECT_S = (0.1, 2.0)
 """Wait before subscribing again after the notices connection failed: first, and most."""
-_FINISHED = b"finished:"
 
 
 class RedisJobStore(StoreBase):
@@ -91,7 +90,7 @@ class RedisJobStore(StoreBase):
         self._lease_script = self._redis.register_script(redis_lua.LEASE)
         self._cas_script = self._redis.register_script(redis_lua.CAS)
         self._purge_script = self._redis.register_script(redis_lua.PURGE)
-        self.notices = Notices(self._listen, on_demand=False)
+        self.notices = Notices(self._listen)
 
     def description(self) -> str:
         return f"{self.target.description} (keys {self._prefix}*)"
@@ -311,11 +310,8 @@ class RedisJobStore(StoreBase):
                 delay = NOTICE_RECONNECT_S[0]
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    data = message["data"] if message else b""
-                    if data == b"queued":
-                        notices.saw_queued()
-                    elif data.startswith(_FINISHED):
-                        notices.saw_finished([data[len(_FINISHED):].decode()])
+                    if message is not None and isinstance(message.get("data"), bytes):
+                        notices.heard(message["data"])
             except (RedisError, OSError):
                 await asyncio.sleep(delay)
                 delay = min(NOTICE_RECONNECT_S[1], 2 * delay)

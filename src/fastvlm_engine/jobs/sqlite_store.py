@@ -10,14 +10,14 @@ Each store has one thread that owns its connection; the async methods hand work 
 event loop never blocks on disk. A failed connection is dropped and opened again on the next
 call, so the store recovers by itself once the file is writable again.
 
-Notices (see :mod:`.notices`): while anyone in this process waits, the store's thread reads
-``PRAGMA data_version`` every ``CHANGE_POLL_S`` (a few microseconds: it changes only when another
-connection commits) and, after a change, asks which of the waited-for jobs ended.
+Notices (see :mod:`.notices`) go between the processes sharing the file as datagrams over Unix
+sockets in the folder ``<database>.notices`` beside it (see :mod:`.local_bus`): nothing polls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
@@ -31,6 +31,7 @@ from ..errors import MediaNotFound, QueueFull, QueueUnavailable
 from . import rules
 from .base import StoreBase
 from .codec import FIELDS, from_record, to_record
+from .local_bus import LocalBus
 from .model import JOB_KINDS, TERMINAL, Job, JobStatus, idempotency_scope, is_job_id
 from .notices import Notices
 from .ordering import plan_lease
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from ..intake.spool import Spool
 
 __all__ = ["SqliteJobStore"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -68,11 +71,6 @@ _UPSERT = (f"INSERT INTO jobs ({', '.join(FIELDS)}, idem_scope) VALUES ({', '.jo
            "ON CONFLICT (job_id) DO UPDATE SET "
            + ", ".join(f"{name} = excluded.{name}" for name in (*FIELDS, "idem_scope") if name != "job_id"))
 _TERMINAL_SQL = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
-CHANGE_POLL_S = 0.01
-"""How often a waiting process looks for commits by others: the longest a notice is late."""
-CHANGE_LINGER_S = 2.0
-"""How long the change poll goes on after the last waiter left (a puller waits again at once)."""
-_IDS_PER_QUERY = 500
 
 
 class SqliteJobStore(StoreBase):
@@ -85,7 +83,8 @@ class SqliteJobStore(StoreBase):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
-        self.notices = Notices(self._watch_changes, on_demand=True)
+        self._bus = LocalBus(self.path.with_name(self.path.name + ".notices"))
+        self.notices = Notices(self._listen)
 
     def description(self) -> str:
         return f"sqlite at {self.path} (uploads in {self.media_dir})"
@@ -351,45 +350,32 @@ class SqliteJobStore(StoreBase):
 
         await self._run(probe)
 
-    async def _watch_changes(self, notices: Notices) -> None:
-        """Turn other connections' commits into notices while anyone waits (and a little longer)."""
-        loop = asyncio.get_running_loop()
-        version = await self._run(_data_version)
-        changed = True  # a commit may have landed between a waiter's look at the store and this first read
-        last_waiter = loop.time()
-        while not notices.idle or loop.time() - last_waiter < CHANGE_LINGER_S:
-            if not notices.idle:
-                last_waiter = loop.time()
-            if changed:
-                notices.saw_queued()
-                waited = notices.waited_for
-                if waited:
-                    notices.saw_finished(await self._run(self._ended, waited))
-            await asyncio.sleep(CHANGE_POLL_S)
-            now = await self._run(_data_version)
-            changed, version = now != version, now
+    async def _listen(self, notices: Notices) -> None:
+        """Hear the other processes' notices until the store closes."""
+        try:
+            self._bus.listen(notices.heard)
+        except OSError as exc:
+            log.warning("job notices off (cannot listen in %s: %s): workers and long-polls re-check the queue "
+                        "on a timer instead", self._bus.directory, exc)
+        else:
+            notices.saw_queued()  # whatever happened before this process listened: everyone looks again
+            notices.saw_finished(None)
+        await asyncio.Event().wait()
 
-    def _ended(self, conn: sqlite3.Connection, job_ids: list[str]) -> set[str]:
-        """The ids among ``job_ids`` whose job finished or is gone."""
-        ended = set(job_ids)
-        for start in range(0, len(job_ids), _IDS_PER_QUERY):
-            chunk = job_ids[start:start + _IDS_PER_QUERY]
-            rows = conn.execute(f"SELECT job_id FROM jobs WHERE job_id IN ({', '.join('?' * len(chunk))}) "
-                                f"AND status NOT IN ({_TERMINAL_SQL})", chunk).fetchall()
-            ended.difference_update(row[0] for row in rows)
-        return ended
+    def _announce(self, message: bytes) -> None:
+        try:
+            self._bus.publish(message)
+        except OSError as exc:  # the others re-check on their timers
+            log.debug("job notice not sent: %s", exc)
 
     async def close(self) -> None:
         if self._closed:
             return
         await self.notices.close()
+        self._bus.close()
         self._closed = True
         await asyncio.get_running_loop().run_in_executor(self._executor, self._drop_connection)
         self._executor.shutdown(wait=False)
-
-
-def _data_version(conn: sqlite3.Connection) -> int:
-    return conn.execute("PRAGMA data_version").fetchone()[0]
 
 
 @contextmanager
