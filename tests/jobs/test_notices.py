@@ -89,20 +89,25 @@ def test_a_finish_between_reading_the_job_and_waiting_is_not_missed(store_backen
     run(scenario())
 
 
+async def submit_then_cancel_wakes(waiter, changer) -> None:
+    """A submit by ``changer`` wakes ``waiter``'s queued wait, and its cancel wakes the job's watch."""
+    mark = await settled(waiter)
+    waiting = asyncio.ensure_future(waiter.notices.wait_queued(mark, LONG_S))
+    await asyncio.sleep(0.05)
+    job = await submit(changer)
+    assert await waiting
+    with waiter.notices.watch_finished(job.job_id) as watch:
+        waiting = asyncio.ensure_future(watch.wait(LONG_S))
+        await asyncio.sleep(0.05)
+        assert (await changer.cancel(job.job_id)).status is JobStatus.CANCELLED
+        assert await waiting
+
+
 def test_this_process_own_changes_wake_its_waiters(store_backend):
-    """SQLite's data_version ignores the connection's own commits: the store tells its waiters itself."""
+    """With SQLite a process sends its datagrams only to the others: the store tells its own waiters itself."""
     async def scenario():
         async with store_backend.open() as store:
-            mark = await settled(store)
-            waiting = asyncio.ensure_future(store.notices.wait_queued(mark, LONG_S))
-            await asyncio.sleep(0.05)
-            job = await submit(store)
-            assert await waiting
-            with store.notices.watch_finished(job.job_id) as watch:
-                waiting = asyncio.ensure_future(watch.wait(LONG_S))
-                await asyncio.sleep(0.05)
-                assert (await store.cancel(job.job_id)).status is JobStatus.CANCELLED
-                assert await waiting
+            await submit_then_cancel_wakes(store, store)
 
     run(scenario())
 
@@ -168,7 +173,7 @@ def test_a_job_queued_by_another_process_reaches_a_waiting_sqlite_store(tmp_path
             assert await waiting
             assert (await store.depth())["image"] == 1
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_a_socket_left_by_a_killed_process_is_removed_and_does_not_stop_the_others(tmp_path):
@@ -188,7 +193,7 @@ def test_a_socket_left_by_a_killed_process_is_removed_and_does_not_stop_the_othe
             assert await waiting
             assert not stale.exists()
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_notices_work_in_a_state_folder_too_long_for_a_socket_path(tmp_path):
@@ -198,15 +203,6 @@ def test_notices_work_in_a_state_folder_too_long_for_a_socket_path(tmp_path):
     async def scenario():
         async with open_store_from_settings(load_settings(state_dir=state)) as waiter, \
                 open_store_from_settings(load_settings(state_dir=state)) as submitter:
-            mark = await settled(waiter)
-            waiting = asyncio.ensure_future(waiter.notices.wait_queued(mark, LONG_S))
-            await asyncio.sleep(0.05)
-            job = await submit(submitter)
-            assert await waiting
-            with waiter.notices.watch_finished(job.job_id) as watch:
-                waiting = asyncio.ensure_future(watch.wait(LONG_S))
-                await asyncio.sleep(0.05)
-                await submitter.cancel(job.job_id)
-                assert await waiting
+            await submit_then_cancel_wakes(waiter, submitter)
 
-    asyncio.run(scenario())
+    run(scenario())
