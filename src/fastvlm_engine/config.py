@@ -33,6 +33,9 @@ CHAT_ENDPOINT = OPENAI_PREFIX + "chat/completions"
 CHAT_TEXT_SLACK = 4 * 1024 * 1024
 """Bytes of JSON text a chat body may carry besides its media (the parser's own text limit)."""
 CONFIG_ENV = "FASTVLM_CONFIG"
+AUTO_ADMISSION_QUEUE_PER_SLOT = 32
+"""With admission_queue_size = 0, the most requests the router holds per ready slot (a memory bound: the
+wait limit usually decides first)."""
 MiB = 1024 * 1024
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -153,8 +156,9 @@ class Settings(BaseSettings):
     max_video_concurrent: int = Field(1, ge=1, description="Slots of a worker that videos may take at "
                                       "once, so images do not starve behind videos.")
     admission_queue_size: int = Field(0, ge=0, description="Requests the router holds while every slot is "
-                                      "taken (FIFO per endpoint), handing each to the next free slot; 0 = twice the "
-                                      "ready workers' slots.")
+                                      "taken (FIFO per endpoint), handing each to the next free slot; 0 = as many "
+                                      "as can expect a slot within admission_queue_wait_ms, at most "
+                                      f"{AUTO_ADMISSION_QUEUE_PER_SLOT} per ready slot.")
     admission_queue_wait_ms: float = Field(5000.0, ge=0, description="Longest a request waits in the admission "
                                            "queue (and the longest expected wait it may join with) before it is "
                                            "shed with 503 workers_busy; 0 = shed at once when every slot is taken.")

@@ -263,3 +263,36 @@ def test_a_waiter_only_busy_hosts_match_does_not_hold_up_the_ones_behind_it():
         return lease.worker.id, other.worker.id
 
     assert asyncio.run(scenario()) == ("b/w0", "a/w0")
+
+
+def test_the_auto_queue_holds_a_burst_far_above_the_slots_while_its_wait_is_within_the_limit():
+    """A burst of 30x the slots, all servable within the wait limit, waits whole instead of being shed."""
+    from fastvlm_engine.config import load_settings
+    from fastvlm_engine.router.state import admission_queue_size
+
+    settings = load_settings(admission_queue_size=0)
+    workers = [ready("a", slots=4), ready("b", slots=4)]
+    admission = admission_over(workers, queue_size=lambda: admission_queue_size(settings, 8), queue_wait_s=5.0,
+                               expected_wait=lambda endpoint, position: 0.1 * position / 8)  # 0.1 s per request
+
+    async def run() -> None:
+        held = [admission.try_acquire(IMAGE) for _ in range(8)]
+        waiting = [asyncio.create_task(admission.acquire(IMAGE)) for _ in range(240)]
+        await asyncio.sleep(0)
+        assert admission.queue_depth(IMAGE) == 240 and all(not task.done() for task in waiting)
+        for lease in held:
+            lease.release(succeeded=True)
+        served = 0
+        for _ in range(10_000):  # each freed slot goes to the next waiter; bounded in case one never does
+            if not waiting:
+                break
+            done = [task for task in waiting if task.done()]
+            for task in done:
+                (await task).release(succeeded=True)
+                waiting.remove(task)
+                served += 1
+            await asyncio.sleep(0)
+        assert served == 240 and sum(w.in_flight for w in workers) == 0
+
+    asyncio.run(run())
+    assert admission_queue_size(load_settings(admission_queue_size=7), 8) == 7  # an explicit size is kept

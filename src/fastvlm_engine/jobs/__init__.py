@@ -3,7 +3,8 @@
 ``model`` (the job and its status table), ``rules`` (what each operation does to a job),
 ``ordering`` (which kinds a lease takes first), ``policy`` (limits from the settings), ``url``
 (FASTVLM_QUEUE_URL), ``codec`` (a job as flat fields), ``store`` (the JobStore protocol and
-``open_store``), ``sqlite_store`` and ``redis_store`` (+ ``redis_lua``). Importing this package
+``open_store``), ``notices`` (wake-ups when jobs are queued or finish), ``sqlite_store`` and
+``redis_store`` (+ ``redis_lua``). Importing this package
 loads neither sqlite3 nor redis; ``open_store`` imports the backend it needs.
 """
 

@@ -2,23 +2,27 @@
 
 A backend supplies ``_insert`` (store a new job, atomically with its queue-full and idempotency
 checks) and ``_update`` (read a job, ask a :mod:`.rules` function for its next version, write it
-only if the job did not change meanwhile). The rest of the interface is written once, here.
+only if the job did not change meanwhile). The rest of the interface is written once, here,
+including the notices of every change this process makes: to its own waiters, and (``_announce``,
+for a backend whose writes do not publish by themselves) to the other processes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JobNotFound
 from . import rules
 from .codec import to_record
-from .model import Job, JobKind, JobStatus, is_job_id
+from .model import TERMINAL, Job, JobKind, JobStatus, is_job_id
+from .notices import QUEUED, Notices, finished_message
 from .policy import JobPolicy
 
 if TYPE_CHECKING:
     from ..intake.spool import Spool
+    from .store import SweepReport
 
 __all__ = ["StoreBase"]
 
@@ -27,6 +31,7 @@ class StoreBase:
     """The backend-independent half of a JobStore; ``async with store:`` closes it."""
 
     policy: JobPolicy
+    notices: Notices
 
     async def _insert(self, job: Job, upload: Spool | None, max_queued: int) -> Job:
         """Store ``job`` (and its upload); the job an idempotency key already made instead; QueueFull."""
@@ -50,13 +55,42 @@ class StoreBase:
                             now=time.time(), owner=owner, idempotency_key=idempotency_key,
                             trace_parent=trace_parent)
         to_record(job)  # options must be JSON before any byte is stored
-        return await self._insert(job, upload, max_queued)
+        stored = await self._insert(job, upload, max_queued)
+        if stored.job_id == job.job_id:  # not an idempotent repeat
+            self._queued()
+        return stored
+
+    def _announce(self, message: bytes) -> None:
+        """Tell the other processes (a backend whose writes publish by themselves does nothing here)."""
+
+    def _queued(self) -> None:
+        self.notices.saw_queued()
+        self._announce(QUEUED)
+
+    def _finished(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            self.notices.saw_finished([job_id])
+            self._announce(finished_message(job_id))
+
+    def _noticed(self, new: Job | None) -> Job | None:
+        """Notices for a change this process made: to its own waiters and to the other processes."""
+        if new is not None and new.status in TERMINAL:
+            self._finished([new.job_id])
+        elif new is not None and new.status is JobStatus.QUEUED:
+            self._queued()
+        return new
+
+    def _noticed_sweep(self, report: SweepReport) -> SweepReport:
+        if report.redelivered:
+            self._queued()
+        self._finished([*report.exhausted, *report.expired])  # purged jobs had ended already
+        return report
 
     async def cancel(self, job_id: str) -> Job | None:
         if not is_job_id(job_id):
             return None
         old, new = await self._update(job_id, lambda job: rules.cancelled(job, now=time.time()))
-        return new or old
+        return self._noticed(new) or old
 
     async def progress(self, job_id: str, worker_id: str, progress: dict[str, Any]) -> None:
         if is_job_id(job_id):
@@ -69,7 +103,7 @@ class StoreBase:
         if not is_job_id(job_id):
             return False
         old, new = await self._update(job_id, lambda job: rules.succeeded(job, worker_id, body, now=time.time()))
-        if new is not None:
+        if self._noticed(new) is not None:
             return True
         return (old is not None and old.status is JobStatus.SUCCEEDED and old.lease_owner == worker_id
                 and old.result == bytes(body))
@@ -81,7 +115,7 @@ class StoreBase:
             job, worker_id, error, retryable=retryable, now=time.time(), max_attempts=self.policy.max_attempts))
         if old is None:
             raise JobNotFound()
-        return new or old
+        return self._noticed(new) or old
 
     async def __aenter__(self) -> StoreBase:
         return self

@@ -13,6 +13,8 @@ Keys (``P`` is the configured prefix):
     P queued:<kind>   zset: queued jobs of a kind, score = queued_at (FIFO)
     P leases          zset: running jobs, score = lease_expires_at
     P done:<status>   zset: finished jobs of a status, score = finished_at (for the TTL purge)
+    P notices         pub/sub channel: ``queued`` when a job enters the queue, ``finished:<id>`` when
+                      one ends (the messages of jobs.notices)
 
 A finished job's hash and idempotency key also get the TTL as a Redis expiry, and its media is
 deleted, so nothing outlives the TTL even if no process sweeps.
@@ -23,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .model import JOB_KINDS, TERMINAL, JobStatus
+from .notices import FINISHED, QUEUED
 
 __all__ = ["CAS", "LEASE", "PURGE", "SUBMIT"]
 
@@ -48,6 +51,7 @@ local function place(id)
   for _, status in ipairs(TERMINAL) do redis.call('ZREM', prefix .. 'done:' .. status, id) end
   if f[1] == '{JobStatus.QUEUED}' then
     redis.call('ZADD', prefix .. 'queued:' .. f[2], f[3], id)
+    redis.call('PUBLISH', prefix .. 'notices', '{QUEUED.decode()}')
   elseif f[1] == '{JobStatus.RUNNING}' then
     redis.call('ZADD', prefix .. 'leases', f[4], id)
   else
@@ -55,6 +59,7 @@ local function place(id)
     redis.call('PEXPIRE', key, ttl_ms)
     redis.call('DEL', prefix .. 'media:' .. id)
     if f[6] then redis.call('PEXPIRE', prefix .. 'idem:' .. f[6], ttl_ms) end
+    redis.call('PUBLISH', prefix .. 'notices', '{FINISHED.decode()}' .. id)
   end
 end
 """

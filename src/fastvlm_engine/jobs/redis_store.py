@@ -22,6 +22,11 @@ second of jobs if the Redis host crashes, and with no persistence (``--save ''``
 run it) a Redis restart loses every job. Replicas are not waited for. Use ``maxmemory-policy
 noeviction``: an evicting Redis may drop queued jobs (the sweep then forgets their index entries).
 
+Notices (see :mod:`.notices`). The scripts that queue or finish a job publish it on the ``notices``
+channel, so every process subscribed (workers waiting for work, routers holding long-polls)
+hears of it at once, whichever host made the change. Pub/sub delivers at most once: after a
+reconnect every waiter is woken to re-read the store.
+
 Limits. One Redis server or primary (scripts build key names at run time, so Redis Cluster is not
 supported). Uploads live in Redis memory until the job finishes, capped by ``max_media_bytes``.
 Lease expiries, aging and TTLs compare the clocks of the hosts involved: keep them in sync (NTP).
@@ -47,6 +52,7 @@ from . import redis_lua, rules
 from .base import StoreBase
 from .codec import from_record, to_record
 from .model import JOB_KINDS, TERMINAL, Job, JobEvent, JobStatus, apply_event, idempotency_scope, is_job_id
+from .notices import Notices
 from .ordering import plan_lease
 from .policy import JobPolicy
 from .store import SweepReport
@@ -64,6 +70,8 @@ SWEEP_BATCH = 500
 MEDIA_STAGING_TTL_S = 300
 """An upload is written before its job, with this expiry, which submit removes: a crash in between
 leaves nothing behind for long."""
+NOTICE_RECONNECT_S = (0.1, 2.0)
+"""Wait before subscribing again after the notices connection failed: first, and most."""
 
 
 class RedisJobStore(StoreBase):
@@ -82,6 +90,7 @@ class RedisJobStore(StoreBase):
         self._lease_script = self._redis.register_script(redis_lua.LEASE)
         self._cas_script = self._redis.register_script(redis_lua.CAS)
         self._purge_script = self._redis.register_script(redis_lua.PURGE)
+        self.notices = Notices(self._listen)
 
     def description(self) -> str:
         return f"{self.target.description} (keys {self._prefix}*)"
@@ -261,8 +270,8 @@ class RedisJobStore(StoreBase):
                     elif job is not None:
                         moved["expired"].append(job.job_id)
             purged = await self._purge_script(keys=[], args=[*self._head(), _wire(now - policy.ttl_s), SWEEP_BATCH])
-        return SweepReport(**{name: tuple(ids) for name, ids in moved.items()},
-                           purged=tuple(raw.decode() for raw in purged))
+        return self._noticed_sweep(SweepReport(**{name: tuple(ids) for name, ids in moved.items()},
+                                               purged=tuple(raw.decode() for raw in purged)))
 
     async def depth(self) -> dict[str, int]:
         async with self._available(), self._redis.pipeline(transaction=False) as pipe:
@@ -288,7 +297,29 @@ class RedisJobStore(StoreBase):
         async with self._available():
             await self._redis.ping()
 
+    async def _listen(self, notices: Notices) -> None:
+        """Subscribe to the notices channel and pass on what it says, subscribing again after a failure."""
+        channel = self._key("notices")
+        delay = NOTICE_RECONNECT_S[0]
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                notices.saw_queued()  # whatever happened while not subscribed: everyone looks again
+                notices.saw_finished(None)
+                delay = NOTICE_RECONNECT_S[0]
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and isinstance(message.get("data"), bytes):
+                        notices.heard(message["data"])
+            except (RedisError, OSError):
+                await asyncio.sleep(delay)
+                delay = min(NOTICE_RECONNECT_S[1], 2 * delay)
+            finally:
+                await _quietly(pubsub.aclose())
+
     async def close(self) -> None:
+        await self.notices.close()
         await self._redis.aclose()
 
 

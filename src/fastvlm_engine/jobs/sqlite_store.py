@@ -9,11 +9,15 @@ waiting for the lock is bounded by the busy timeout (``timeout_s``).
 Each store has one thread that owns its connection; the async methods hand work to it, so the
 event loop never blocks on disk. A failed connection is dropped and opened again on the next
 call, so the store recovers by itself once the file is writable again.
+
+Notices (see :mod:`.notices`) go between the processes sharing the file as datagrams over Unix
+sockets in the folder ``<database>.notices`` beside it (see :mod:`.local_bus`): nothing polls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
@@ -27,7 +31,9 @@ from ..errors import MediaNotFound, QueueFull, QueueUnavailable
 from . import rules
 from .base import StoreBase
 from .codec import FIELDS, from_record, to_record
+from .local_bus import LocalBus
 from .model import JOB_KINDS, TERMINAL, Job, JobStatus, idempotency_scope, is_job_id
+from .notices import Notices
 from .ordering import plan_lease
 from .policy import JobPolicy
 from .store import SweepReport
@@ -36,6 +42,8 @@ if TYPE_CHECKING:
     from ..intake.spool import Spool
 
 __all__ = ["SqliteJobStore"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -75,6 +83,8 @@ class SqliteJobStore(StoreBase):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobs-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self._bus = LocalBus(self.path.with_name(self.path.name + ".notices"))
+        self.notices = Notices(self._listen)
 
     def description(self) -> str:
         return f"sqlite at {self.path} (uploads in {self.media_dir})"
@@ -272,7 +282,7 @@ class SqliteJobStore(StoreBase):
             raise MediaNotFound("The job's upload is no longer stored (the job finished or was removed).") from None
 
     async def sweep(self, now: float | None = None) -> SweepReport:
-        return await self._run(self._sweep, time.time() if now is None else now)
+        return self._noticed_sweep(await self._run(self._sweep, time.time() if now is None else now))
 
     def _sweep(self, conn: sqlite3.Connection, now: float) -> SweepReport:
         moved: dict[str, list[str]] = {"redelivered": [], "exhausted": [], "expired": [], "purged": []}
@@ -340,9 +350,29 @@ class SqliteJobStore(StoreBase):
 
         await self._run(probe)
 
+    async def _listen(self, notices: Notices) -> None:
+        """Hear the other processes' notices until the store closes."""
+        try:
+            self._bus.listen(notices.heard)
+        except OSError as exc:
+            log.warning("job notices off (cannot listen in %s: %s): workers and long-polls re-check the queue "
+                        "on a timer instead", self._bus.directory, exc)
+        else:
+            notices.saw_queued()  # whatever happened before this process listened: everyone looks again
+            notices.saw_finished(None)
+        await asyncio.Event().wait()
+
+    def _announce(self, message: bytes) -> None:
+        try:
+            self._bus.publish(message)
+        except OSError as exc:  # the others re-check on their timers
+            log.debug("job notice not sent: %s", exc)
+
     async def close(self) -> None:
         if self._closed:
             return
+        await self.notices.close()
+        self._bus.close()
         self._closed = True
         await asyncio.get_running_loop().run_in_executor(self._executor, self._drop_connection)
         self._executor.shutdown(wait=False)

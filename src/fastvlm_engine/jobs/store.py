@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from .model import Job, JobKind
+from .notices import Notices
 from .policy import JobPolicy, resolve_state_dir
 from .url import parse_queue_url
 
@@ -43,6 +44,9 @@ class SweepReport:
 
 class JobStore(Protocol):
     """Jobs and their uploads, shared by the router and the workers of one deployment."""
+
+    notices: Notices
+    """Wake-ups when any process queues or finishes a job (see jobs.notices)."""
 
     def description(self) -> str:
         """The backend and where it is, for logs (never a password)."""

@@ -1,10 +1,12 @@
 """One pure-ASGI middleware for per-request telemetry, shared by router and workers.
 
-For the API endpoints it continues the caller's W3C trace in a server span, and when the
-response is done it records the request metrics and writes one access-log line: request id,
-trace id, endpoint, worker, status, error code, queue wait, latency, retry attempt and API key
-id (never the key). Health, readiness and metrics probes are left out of both, so they do not
-drown the signal. Per-request state lives in locals: the instance never changes after __init__.
+For the API endpoints it continues the caller's W3C trace in a server span (when tracing is
+on), and when the response is done it records the request metrics and writes one access-log
+line: request id, trace id, endpoint, worker, status, error code, queue wait, latency, retry
+attempt and API key id (never the key). Health, readiness and metrics probes are left out of
+both, so they do not drown the signal; requests shed for capacity (``SHED_CODES``) are logged at
+DEBUG only, since under overload they come by the thousand per second and the metrics already
+count them. Per-request state lives in locals: the instance never changes after __init__.
 
 Anything else that wants to know how requests end (the router's rolling window for the console)
 passes an observer: it gets one :class:`RequestOutcome` per recorded request. An observer that
@@ -17,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,15 +27,18 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import NoReadyWorkers, QueueFull, WorkersBusy
 from ..headers import QUEUE_HEADER, WORKER_HEADER
+from . import tracing
 from .metrics import HttpMetrics
-from .tracing import extract, tracer
 
 __all__ = ["Observer", "RequestOutcome", "TelemetryMiddleware"]
 
 _QUEUE = QUEUE_HEADER.lower()
 _WORKER = WORKER_HEADER.lower()
 _ERROR_BODY_LIMIT = 16 * 1024
+SHED_CODES = frozenset({WorkersBusy.code, NoReadyWorkers.code, QueueFull.code})
+"""Turned away for capacity: their access-log lines are DEBUG."""
 access_log = logging.getLogger("fastvlm_engine.access")
 log = logging.getLogger(__name__)
 
@@ -93,11 +99,15 @@ class TelemetryMiddleware:
                     response["body"] += message.get("body", b"")
             await send(message)
 
-        token = otel_context.attach(extract(headers))
+        # Tracing off and no caller's trace to pass on (logs, workers): no context or span to make.
+        traced = tracing.recording() or "traceparent" in headers
+        token = otel_context.attach(tracing.extract(headers)) if traced else None
+        server_span = (tracing.tracer.start_as_current_span(
+            f"{scope['method']} {endpoint}", kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": scope["method"], "url.path": scope["path"]})
+            if traced else nullcontext(trace.INVALID_SPAN))
         try:
-            with tracer.start_as_current_span(f"{scope['method']} {endpoint}", kind=trace.SpanKind.SERVER,
-                                              attributes={"http.request.method": scope["method"],
-                                                          "url.path": scope["path"]}) as span:
+            with server_span as span:
                 try:
                     await self.app(scope, receive, capture)
                 finally:
@@ -107,7 +117,8 @@ class TelemetryMiddleware:
                         span.set_status(trace.Status(trace.StatusCode.ERROR))
                     self._record(scope, headers, endpoint, response, time.perf_counter() - started, span)
         finally:
-            otel_context.detach(token)
+            if token is not None:
+                otel_context.detach(token)
 
     def _record(self, scope: Scope, headers: dict[str, str], endpoint: str, response: dict[str, Any],
                 seconds: float, span: trace.Span) -> None:
@@ -120,12 +131,15 @@ class TelemetryMiddleware:
                 observer(outcome)
             except Exception:
                 log.exception("a request observer failed; the request is not affected")
+        level = logging.DEBUG if code in SHED_CODES else logging.INFO
+        if not access_log.isEnabledFor(level):
+            return
         context = span.get_span_context()
         state = scope.get("state", {})
         attempt = headers.get("x-retry-attempt", "")
         queue_ms = response["headers"].get(_QUEUE)
-        access_log.info(
-            "%s %s %d %s %.1fms", scope["method"], endpoint, status, code, seconds * 1000,
+        access_log.log(
+            level, "%s %s %d %s %.1fms", scope["method"], endpoint, status, code, seconds * 1000,
             extra={"request_id": state.get("request_id"),
                    "trace_id": format(context.trace_id, "032x") if context.is_valid else None,
                    "endpoint": endpoint, "method": scope["method"], "status": status,

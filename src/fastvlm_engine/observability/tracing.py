@@ -22,7 +22,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind
 
-__all__ = ["SpanKind", "batch_span", "extract", "inject", "record_stage_spans", "setup_tracing",
+__all__ = ["SpanKind", "batch_span", "extract", "inject", "record_stage_spans", "recording", "setup_tracing",
            "shutdown_tracing", "span", "tracer", "tracing_enabled"]
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ def setup_tracing(default_service: str, **attributes: str) -> bool:
     _provider = provider
     log.info("tracing on: OTLP over %s as %s", protocol, resource.attributes.get("service.name"))
     return True
+
+
+def recording() -> bool:
+    """Is an exporter installed? When not, spans record nothing and hot paths may skip them entirely."""
+    return _provider is not None
 
 
 def shutdown_tracing() -> None:

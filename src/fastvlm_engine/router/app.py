@@ -35,6 +35,7 @@ from ..web.openai_errors import OpenAIErrorShape
 from ..web.openapi import json_body_openapi, media_body_openapi
 from . import admin, health, jobs, media, openai_routes, status
 from .console import console_routes
+from .shed import ShedMiddleware
 from .state import RouterState, build_state
 
 __all__ = ["ROUTES", "RouterState", "create_app"]
@@ -114,6 +115,7 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
         log.warning("no API keys configured (FASTVLM_API_KEYS): the API answers anyone who can reach it")
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
     app.add_middleware(RequestLifecycle, in_flight=state.in_flight)
+    app.add_middleware(ShedMiddleware, state=state)  # inside the guard: keys and rate limits decide first
     app.add_middleware(AccessGuard, allowlist=settings.ip_allowlist, trusted_proxies=settings.trusted_proxies,
                        keys=api_keys, default_rate_per_minute=settings.api_rate_limit_per_minute,
                        protected=frozenset(API_ENDPOINTS), protected_prefixes=("/job/", "/jobs/", OPENAI_PREFIX),

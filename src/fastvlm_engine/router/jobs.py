@@ -39,8 +39,8 @@ __all__ = ["DrainRate", "cancel_job", "get_job", "job_document", "submit_job", "
 log = logging.getLogger(__name__)
 
 ENDPOINTS: dict[str, str] = {"image": IMAGE, "video": VIDEO}
-POLL_S = (0.05, 0.5)
-"""Long-poll interval: starts short (fast jobs), grows to the cap (long ones)."""
+RECHECK_S = 1.0
+"""A long-poll re-reads its job at least this often, should a notice that it finished be lost."""
 IDEMPOTENCY_HEADER = "idempotency-key"
 
 
@@ -149,14 +149,13 @@ async def _visible(state: RouterState, request: Request, job_id: str) -> Job:
 async def get_job(job_id: str, request: Request) -> Response:
     """A job's status, progress and (once it ends) result; ``?wait=S`` long-polls until it ends."""
     state: RouterState = request.app.state.router
-    job = await _visible(state, request, job_id)
     wait = _wait_seconds(request.query_params.get("wait"), state.settings.job_wait_max_s)
     deadline = time.monotonic() + wait
-    interval = POLL_S[0]
-    while not job.status.terminal and time.monotonic() < deadline and not state.draining:
-        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-        interval = min(POLL_S[1], interval * 1.5)
+    with state.jobs.notices.watch_finished(job_id) as watch:
         job = await _visible(state, request, job_id)
+        while not job.status.terminal and time.monotonic() < deadline and not state.draining:
+            await watch.wait(min(RECHECK_S, max(0.0, deadline - time.monotonic())))
+            job = await _visible(state, request, job_id)
     headers = {} if job.status.terminal else {"Retry-After": "1"}
     return Response(job_document(job), media_type="application/json", headers=headers)
 

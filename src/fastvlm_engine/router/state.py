@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.process_collector import ProcessCollector
 
 from ..cluster.endpoint import WorkerState
-from ..config import Settings
+from ..config import AUTO_ADMISSION_QUEUE_PER_SLOT, Settings
 from ..observability.metrics import API_ENDPOINTS, DURATION_BUCKETS, HttpMetrics, PoolCollector, QueueCollector
 from ..supervisor.inventory import Inventory, make_inventory
 from ..supervisor.pool import Supervisor
@@ -27,11 +27,17 @@ if TYPE_CHECKING:
 __all__ = ["RouterMetrics", "RouterState", "admission_queue_size", "build_state", "expected_wait"]
 
 
-def admission_queue_size(settings: Settings, endpoints: Endpoints) -> int:
-    """The configured admission queue size, or (0 = auto) twice the slots of the ready workers."""
+def admission_queue_size(settings: Settings, ready_slots: int) -> int:
+    """The configured admission queue size, or (0 = auto) AUTO_ADMISSION_QUEUE_PER_SLOT per ready slot.
+
+    The auto size is a memory bound, not the limit that usually applies: a request joins the queue
+    only while its expected wait is within ``admission_queue_wait_ms`` (see ``expected_wait``), so a
+    burst that the workers can serve within that wait is held whole instead of being turned away
+    into retry loops, however many callers it has.
+    """
     if settings.admission_queue_size:
         return settings.admission_queue_size
-    return 2 * endpoints.slots()
+    return AUTO_ADMISSION_QUEUE_PER_SLOT * ready_slots
 
 
 def expected_wait(estimator: RetryAfterEstimator, admission: Admission, endpoint: str, position: int) -> float:
@@ -113,7 +119,7 @@ def build_state(settings: Settings, inventory: Inventory | None = None) -> Route
                 VIDEO: (settings.retry_after_video_min_s, settings.retry_after_video_max_s)},
         priors={IMAGE: 2.0, VIDEO: 30.0})
     admission = Admission(endpoints.all, settings.max_video_concurrent,
-                          queue_size=lambda: admission_queue_size(settings, endpoints),
+                          queue_size=lambda: admission_queue_size(settings, endpoints.slots()),
                           queue_wait_s=settings.admission_queue_wait_ms / 1000,
                           video_aging_s=settings.job_video_aging_s,
                           expected_wait=lambda endpoint, position: expected_wait(retry_after, admission, endpoint,

@@ -2,11 +2,13 @@
 
 Each worker leases as many queued jobs as it has free slots (images first; a video that has
 waited long enough goes before them, see jobs.ordering), so pulled jobs share the engine's steps
-like concurrent requests do. While a job runs its lease is extended every third of the lease
-time; if the worker dies, the lease runs out and the job is delivered again (at least once, up to
-``job_max_attempts``). Every extension also tells the worker which of its jobs were cancelled: those
-are stopped. The result written is the exact body the sync endpoint would have sent, and the first
-result written wins.
+like concurrent requests do. It leases again the moment a slot frees or the store's notices say
+a job was queued (see jobs.notices), so a job starts within milliseconds when a slot is free.
+
+While a job runs its lease is extended every third of the lease time; if the worker dies, the
+lease runs out and the job is delivered again (at least once, up to ``job_max_attempts``). Every
+extension also tells the worker which of its jobs were cancelled: those are stopped. The result
+written is the exact body the sync endpoint would have sent, and the first result written wins.
 
 The execution span is linked to the submit span, so a job's trace joins the request that made it.
 """
@@ -36,8 +38,9 @@ __all__ = ["JobPuller", "StoredUpload"]
 
 log = logging.getLogger(__name__)
 
-_IDLE_POLL_S = (0.05, 0.5)
-"""Polling for work when there is none: starts short, grows to the cap."""
+RECHECK_S = 1.0
+"""With free slots and no notice, a worker looks at the queue at least this often (a notice may be lost;
+it also sweeps from here)."""
 
 
 class StoredUpload:
@@ -77,11 +80,13 @@ class JobPuller:
     async def run(self) -> None:
         """Lease and run jobs until stopped; extend leases alongside."""
         extender = asyncio.get_running_loop().create_task(self._extend_forever(), name="job-leases")
-        idle = _IDLE_POLL_S[0]
+        notices = self.store.notices
         last_sweep = 0.0
         try:
             while not self._stopping:
                 leased = 0
+                self._wake.clear()
+                mark = notices.queued_mark()
                 if self.service.ready:
                     try:
                         leased = await self._lease_what_fits()
@@ -91,15 +96,27 @@ class JobPuller:
                     except QueueUnavailable as exc:
                         log.warning("job store unavailable: %s", exc)
                         leased = 0
-                idle = _IDLE_POLL_S[0] if leased else min(_IDLE_POLL_S[1], idle * 1.5)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), 0 if leased else idle)
-                except TimeoutError:
-                    pass
+                if not leased:
+                    await self._idle(mark)
         finally:
             extender.cancel()
             await asyncio.gather(extender, return_exceptions=True)
+
+    async def _idle(self, mark: int) -> None:
+        """Until a slot frees, or (with a slot free) a job may have been queued since ``mark``; RECHECK_S at most."""
+        woken = asyncio.ensure_future(self._wake.wait())
+        waits = {woken}
+        if self._free() > 0:
+            waits.add(asyncio.ensure_future(self.store.notices.wait_queued(mark, RECHECK_S)))
+        try:
+            await asyncio.wait(waits, timeout=RECHECK_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    def _free(self) -> int:
+        return self.service.slots() - self.service.in_flight if self.service.ready else 0
 
     async def stop(self) -> None:
         """Take no more jobs; running ones are cancelled (their leases run out and they are redelivered)."""
@@ -111,7 +128,7 @@ class JobPuller:
 
     async def _lease_what_fits(self) -> int:
         service = self.service
-        free = service.slots() - service.in_flight
+        free = self._free()
         if free <= 0:
             return 0
         video_free = min(service.settings.max_video_concurrent, service.slots()) - service.video_in_flight
