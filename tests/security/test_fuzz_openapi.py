@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter, defaultdict
 
 import pytest
@@ -133,7 +134,22 @@ def _fuzz(operation, mode: GenerationMode, router, checks: list, seen: Counter,
     return run
 
 
-def test_openapi_fuzz_finds_no_server_errors(router, media_dir):
+@pytest.fixture
+def ieee_floats():
+    """Hypothesis needs subnormal floats; a model loaded in this test process (the CPU engine
+    flushes denormals process-wide for speed) may have turned them off."""
+    flushed = sys.float_info.min / 2 == 0.0
+    if flushed:
+        import torch
+
+        torch.set_flush_denormal(False)
+    assert sys.float_info.min / 2 != 0.0
+    yield
+    if flushed:
+        torch.set_flush_denormal(True)
+
+
+def test_openapi_fuzz_finds_no_server_errors(router, media_dir, ieee_floats):
     schema = schemathesis.openapi.from_url(router.base_url + "/openapi.json", config=schemathesis.Config())
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = {op.label for op in operations}
