@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 
 from tests.helpers.netns import NetnsHost, Network
-from tests.helpers.procs import FASTVLM, Proc, wait_until, worker_env
+from tests.helpers.procs import FASTVLM, Proc, http, wait_until, worker_env
 from tests.helpers.redis_server import RedisServer, start_redis_on
 
 ROUTER_PORT = 9000
@@ -134,11 +134,22 @@ class Cluster:
     def predict(self, router: Router, *, tags: str | None = None, tokens: int = 4,
                 image: str = "astronaut.jpg", timeout: float = 120.0) -> tuple[int, str | None, Any]:
         """(status, worker id, body) of one image request sent from the client host."""
+        return self.predict_at_once(router, 1, tags=tags, tokens=tokens, image=image, timeout=timeout)[0]
+
+    def predict_at_once(self, router: Router, count: int, *, tags: str | None = None, tokens: int = 16,
+                        image: str = "astronaut.jpg", timeout: float = 120.0) -> list[tuple[int, str | None, Any]]:
+        """(status, worker id, body) of ``count`` image requests sent together from the client host (an idle
+        cluster sends sequential requests to its fastest worker; concurrent ones spread by load)."""
         headers = {"X-FastVLM-Tags": tags} if tags is not None else None
-        status, response_headers, body = self.http("POST", router.base_url + "/predict_image",
-                                                   {"image_path": image, "max_new_tokens": tokens}, headers, timeout)
-        worker = next((v for k, v in response_headers.items() if k.lower() == "x-fastvlm-worker"), None)
-        return status, worker, body
+        body = {"image_path": image, "max_new_tokens": tokens}
+        calls = [self.client.submit(http, "POST", router.base_url + "/predict_image", body, headers, timeout)
+                 for _ in range(count)]
+        answers = []
+        for call in calls:
+            status, response_headers, answer = call.result()
+            worker = next((v for k, v in response_headers.items() if k.lower() == "x-fastvlm-worker"), None)
+            answers.append((status, worker, answer))
+        return answers
 
     def redis_client(self):
         """A redis-py client for the registry's Redis, to be used through ``self.redis.host.call``."""
