@@ -217,7 +217,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
     if args.errors:
         print(errors_table())
         return 0
-    _print_json(json.loads(_settings().model_dump_json()))
+    _print_json(_settings().shown())
     return 0
 
 

@@ -2,14 +2,15 @@
 
 Precedence (highest first): arguments passed to ``Settings(...)``, ``FASTVLM_*`` environment
 variables, the TOML file named by ``FASTVLM_CONFIG``, then the defaults below. TOML keys are
-the field names (``max_batch_size = 8``); environment names add the prefix
-(``FASTVLM_MAX_BATCH_SIZE=8``). An invalid value stops start-up with a :class:`SettingsError`
+the field names (``max_queue_size = 256``); environment names add the prefix
+(``FASTVLM_MAX_QUEUE_SIZE=256``). An invalid value stops start-up with a :class:`SettingsError`
 that names the setting and the expected form; nothing silently falls back.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from pathlib import Path
@@ -76,9 +77,9 @@ class Settings(BaseSettings):
         "source (keyed by its files' hashes); default ~/.cache/fastvlm-engine/converted.")
     max_new_tokens: int = Field(128, ge=1, description="Default generation length in tokens.")
     max_new_tokens_limit: int = Field(512, ge=1, description="Largest max_new_tokens a request may ask for.")
-    max_batch_size: int = Field(8, ge=1, le=512, description="Most requests grouped into one generate call.")
-    max_batch_wait_ms: float = Field(5.0, ge=0, le=10_000, description="How long the batcher waits to fill "
-                                     "a batch after the first request arrives (0 = take what is queued).")
+    max_batch_wait_ms: float = Field(5.0, ge=0, le=10_000, description="How long the speech (Whisper) "
+                                     "batcher waits to fill a batch after the first audio window arrives (0 = take "
+                                     "what is queued); images and frames join the running engine batch at once.")
     max_queue_size: int = Field(256, ge=1, description="Requests a worker queues before answering queue_full.")
     inference_timeout_s: float = Field(600.0, gt=0, description="A request still queued after this many "
                                        "seconds is answered with inference_timeout instead of being run.")
@@ -361,9 +362,9 @@ class Settings(BaseSettings):
     advertise_host: str = Field("", description="Address (IP or host name) other hosts reach this node's workers "
                                 "at; empty = worker_host.")
     host_tags: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=dict, description="This node's tags, e.g. gpu=h100,zone=eu-1 (comma-separated key=value "
-        "of lower-case letters, digits, '_', '.', '-'); a request requiring tags goes only to hosts offering them "
-        "all.")
+        default_factory=dict, description="This host's tags (a node's, or a router's own workers'), e.g. "
+        "gpu=h100,zone=eu-1 (comma-separated key=value of lower-case letters, digits, '_', '.', '-'); a request "
+        "requiring tags goes only to hosts offering them all.")
     image_tags: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="Tags an image request requires of a worker's host when it sends no "
         "X-FastVLM-Tags header (same form as host_tags); empty = any host.")
@@ -533,6 +534,11 @@ class Settings(BaseSettings):
     def cache_path(self) -> Path:
         """Folder of converted checkpoints."""
         return self.cache_dir if self.cache_dir is not None else _user_cache() / "converted"
+
+    def shown(self) -> dict[str, Any]:
+        """Every setting as ``fastvlm settings`` prints it: secrets starred, and no password from a URL."""
+        return {name: _URL_PASSWORD.sub(r"\1***@", value) if isinstance(value, str) else value
+                for name, value in json.loads(self.model_dump_json()).items()}
 
     def media_limit(self, kind: str) -> int:
         """Largest image or video, in bytes."""

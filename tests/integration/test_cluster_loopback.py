@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 
 import psutil
@@ -63,3 +64,27 @@ def test_workers_on_ipv6_addresses_are_routed_to(tmp_path, tiny_model_dir, media
         assert [address.ip for address in listening] == ["::1"]
     finally:
         router.stop()
+
+
+def test_a_router_with_its_own_workers_and_a_registry_tags_them_and_will_not_pretend_to_drain_them(
+        tmp_path, tiny_model_dir, media_root):
+    redis = start_redis(tmp_path / "redis")
+    admin_key = "admin-" + "a" * 24
+    router = start_router(tmp_path, tiny_model_dir, media_roots=media_root, registry_url=redis.url, max_workers=1,
+                          host_tags="zone=here", admin_keys=hashlib.sha256(admin_key.encode()).hexdigest())
+    try:
+        health = wait_workers_ready(router, 1)
+        local = health["hosts"][0]
+        assert local["tags"] == {"zone": "here"}, health["hosts"]
+        status, headers, body = http("POST", router.base_url + "/predict_image",
+                                     {"image_path": "astronaut.jpg", "max_new_tokens": 3},
+                                     headers={"X-FastVLM-Tags": "zone=here"})
+        assert status == 200 and headers["x-fastvlm-worker"] == health["workers"][0]["id"], body
+        status, _, body = http("POST", router.base_url + f"/admin/hosts/{local['host']}/drain",
+                               headers={"Authorization": f"Bearer {admin_key}"})
+        assert status == 404 and body["error"]["code"] == "host_not_found", body
+        assert "own workers" in body["error"]["message"]
+        assert http("GET", router.base_url + "/healthz")[2]["hosts"][0]["drained"] is False
+    finally:
+        router.stop()
+        redis.stop()

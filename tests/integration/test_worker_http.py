@@ -242,10 +242,10 @@ def test_describe_cli_prints_the_same_document(tmp_path, tiny_model_dir, media_r
 
 
 def test_invalid_configuration_stops_the_worker_with_the_setting_named(tmp_path, tiny_model_dir):
-    proc = spawn([*FASTVLM, "worker", "--port", "0"], worker_env(model=tiny_model_dir, max_batch_size="lots"),
+    proc = spawn([*FASTVLM, "worker", "--port", "0"], worker_env(model=tiny_model_dir, max_queue_size="lots"),
                  tmp_path / "bad-config.log")
     try:
         assert proc.popen.wait(60) == 2
     finally:
         proc.stop()
-    assert "FASTVLM_MAX_BATCH_SIZE" in proc.log()
+    assert "FASTVLM_MAX_QUEUE_SIZE" in proc.log()

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -8,18 +9,18 @@ from fastvlm_engine.config import Settings, SettingsError, load_settings
 def test_defaults_match_the_documented_contract():
     s = load_settings()
     assert (s.host, s.port, s.device, s.dtype) == ("127.0.0.1", 9000, "auto", "auto")
-    assert (s.max_batch_size, s.max_batch_wait_ms, s.max_new_tokens) == (8, 5.0, 128)
+    assert (s.max_queue_size, s.max_batch_wait_ms, s.max_new_tokens) == (256, 5.0, 128)
     assert s.media_roots == []
     assert s.max_image_bytes == 20 * 1024 * 1024 and s.max_image_pixels == 40_000_000
 
 
 def test_env_wins_over_toml_which_wins_over_defaults(tmp_path, monkeypatch):
     toml = tmp_path / "fastvlm.toml"
-    toml.write_text('max_batch_size = 3\nmax_batch_wait_ms = 7\ndevice = "cpu"\n')
+    toml.write_text('max_queue_size = 3\nmax_batch_wait_ms = 7\ndevice = "cpu"\n')
     monkeypatch.setenv("FASTVLM_CONFIG", str(toml))
-    monkeypatch.setenv("FASTVLM_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("FASTVLM_MAX_QUEUE_SIZE", "4")
     s = load_settings()
-    assert s.max_batch_size == 4  # env
+    assert s.max_queue_size == 4  # env
     assert s.max_batch_wait_ms == 7.0  # TOML
     assert s.device == "cpu"
     assert s.max_new_tokens == 128  # default
@@ -52,8 +53,8 @@ def test_media_roots_list_in_toml(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("env", "value", "named"), [
-    ("FASTVLM_MAX_BATCH_SIZE", "abc", "FASTVLM_MAX_BATCH_SIZE"),
-    ("FASTVLM_MAX_BATCH_SIZE", "0", ">= 1"),
+    ("FASTVLM_MAX_QUEUE_SIZE", "abc", "FASTVLM_MAX_QUEUE_SIZE"),
+    ("FASTVLM_MAX_QUEUE_SIZE", "0", ">= 1"),
     ("FASTVLM_DEVICE", "gpu", "cuda:N"),
     ("FASTVLM_DTYPE", "fp8", "one of auto, float32, bfloat16, float16"),
     ("FASTVLM_WARMUP", "maybe", "true or false"),
@@ -82,7 +83,7 @@ def test_missing_or_broken_toml_file_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(SettingsError, match="FASTVLM_CONFIG"):
         load_settings()
     broken = tmp_path / "broken.toml"
-    broken.write_text("max_batch_size = [\n")
+    broken.write_text("max_queue_size = [\n")
     monkeypatch.setenv("FASTVLM_CONFIG", str(broken))
     with pytest.raises(SettingsError):
         load_settings()
@@ -108,3 +109,31 @@ def test_body_limits_follow_media_limits():
 def test_tiny_model_path_defaults_under_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert Settings().tiny_model_path == Path(tmp_path) / "fastvlm-engine" / "tiny-model"
+
+
+def test_every_setting_is_read_by_the_code():
+    """A setting nothing reads is a promise the service does not keep."""
+    import re
+
+    import fastvlm_engine
+
+    package = Path(fastvlm_engine.__file__).parent
+    code = "\n".join(path.read_text() for path in package.rglob("*.py"))
+    own = (package / "config.py").read_text()  # Settings' properties read some fields themselves
+    unread = [name for name in Settings.model_fields
+              if not re.search(rf"settings\.{name}\b", code) and not re.search(rf"self\.{name}\b", own)]
+    assert unread == []
+
+
+def test_fastvlm_settings_prints_no_password_or_secret(monkeypatch, capsys):
+    from fastvlm_engine.cli import main
+
+    monkeypatch.setenv("FASTVLM_REGISTRY_URL", "redis://:registry-pass-1@10.0.0.2:6379/0")
+    monkeypatch.setenv("FASTVLM_QUEUE_URL", "redis://jobs:queue-pass-2@10.0.0.2:6379/1")
+    monkeypatch.setenv("FASTVLM_CLUSTER_SECRET", "cluster-secret-" + "x" * 32)
+    assert main(["settings"]) == 0
+    printed = capsys.readouterr().out
+    assert "registry-pass-1" not in printed and "queue-pass-2" not in printed and "cluster-secret-" not in printed
+    shown = json.loads(printed)
+    assert shown["registry_url"] == "redis://:***@10.0.0.2:6379/0"
+    assert shown["queue_url"] == "redis://jobs:***@10.0.0.2:6379/1"

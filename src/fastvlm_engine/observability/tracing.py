@@ -15,14 +15,13 @@ import os
 import time
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
-from contextvars import Context as PyContext
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import SpanKind
 
-__all__ = ["SpanKind", "batch_span", "extract", "inject", "record_stage_spans", "recording", "setup_tracing",
+__all__ = ["SpanKind", "extract", "inject", "record_stage_spans", "recording", "setup_tracing",
            "shutdown_tracing", "span", "tracer", "tracing_enabled"]
 
 log = logging.getLogger(__name__)
@@ -88,18 +87,6 @@ def inject(headers: MutableMapping[str, str]) -> None:
 def span(name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> Iterator[trace.Span]:
     with tracer.start_as_current_span(name, kind=kind, attributes=_clean(attributes)) as current:
         yield current
-
-
-@contextmanager
-def batch_span(contexts: Sequence[PyContext], size: int) -> Iterator[None]:
-    """One span per inference batch on the inference thread: child of the first request in it,
-    linked to the others (a batch serves several traces at once)."""
-    span_contexts = [ctx.run(lambda: trace.get_current_span().get_span_context()) for ctx in contexts]
-    parent = contexts[0].run(otel_context.get_current) if contexts else None
-    links = [Link(sc) for sc in span_contexts[1:] if sc.is_valid]
-    with tracer.start_as_current_span("inference.batch", context=parent, links=links,
-                                      attributes={"fastvlm.batch_size": size}):
-        yield
 
 
 def record_stage_spans(stages: Sequence[tuple[str, float]], started_ns: int | None = None) -> None:

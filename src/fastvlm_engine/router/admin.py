@@ -54,7 +54,10 @@ async def _set_drained(host: str, request: Request, *, drained: bool) -> dict:
     remote = state.endpoints.remote
     if remote is None:
         raise HostNotFound("Hosts can be drained only through a registry (set FASTVLM_REGISTRY_URL).")
-    if host not in state.endpoints.hosts() and host not in remote.drained_hosts():
+    if host not in {e.host for e in remote.endpoints()} and host not in remote.drained_hosts():
+        if host in state.endpoints.hosts():  # this router's own workers, which no registry lists
+            raise HostNotFound(f"{host!r} is this router's own workers, not a registered host: "
+                               "stopping the router (SIGTERM) drains them.")
         raise HostNotFound(f"No host named {host!r} is registered.")
     await remote.set_drained(host, drained)
     log.warning("host %s %s by admin key %s", host, "drained" if drained else "undrained", who)

@@ -6,8 +6,8 @@ to come back); service time is an EWMA of measured durations per endpoint. ``X-R
 raises the estimate so clients that keep colliding spread out, and the result is clamped per
 endpoint. Clients still add their own jitter and backoff on top (see client.py).
 
-Turned-away clients are counted once each (by the request id they keep across retries, or their
-connection), so one client retrying in a tight loop cannot push everyone's hint to the cap.
+Turned-away clients are counted once each (by API key, else address: a request id is the
+client's to choose), so one client retrying in a tight loop cannot push everyone's hint to the cap.
 """
 
 from __future__ import annotations

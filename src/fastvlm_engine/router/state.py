@@ -103,7 +103,7 @@ class RouterState:
 def build_state(settings: Settings, inventory: Inventory | None = None) -> RouterState:
     inventory = inventory or make_inventory(settings.simulate_gpus, settings.simulate_gpu_worker_mib)
     upstream = Upstream(connect_timeout_s=settings.worker_connect_timeout_s)
-    supervisor = Supervisor(settings, inventory, upstream) if settings.local_workers else None
+    supervisor = Supervisor(settings, inventory, upstream, tags=settings.host_tags) if settings.local_workers else None
     endpoints = Endpoints(supervisor, None)
     if settings.registry_url:
         from ..cluster.registry import Registry
