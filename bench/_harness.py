@@ -248,8 +248,12 @@ class Services:
         return env
 
     def start_router(self, **settings: object) -> Proc:
-        """``fastvlm serve`` (router plus the workers it spawns) on a free port; not waited for."""
+        """``fastvlm serve`` (router plus the workers it spawns) on a free port; not waited for.
+
+        Each router has its own state folder: workers lease jobs from their router's job store in any
+        mode, so two services sharing one would serve each other's jobs."""
         port = free_port()
+        settings.setdefault("state_dir", self.tmp / f"state-{port}")
         proc = Proc("router", [*FASTVLM, "serve"], self.env(port=port, **settings), self.tmp / f"router-{port}.log",
                     f"http://{HOST}:{port}")
         self.procs.append(proc)
