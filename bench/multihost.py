@@ -89,7 +89,7 @@ def main() -> int:
     parser.add_argument("--hop-requests", type=int, default=60, help="sequential requests per hop measurement")
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
-    print(f"load average at start: {load_average()} on {len(cores)} CPUs", flush=True)
+    print(f"load average at start: {load_average()}", flush=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fastvlm-multihost-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -141,7 +141,7 @@ def main() -> int:
         finally:
             cluster.stop()
             net.cleanup()
-    print(f"\nload average at end:   {load_average()} on {len(cores)} CPUs")
+    print(f"\nload average at end:   {load_average()}")
     print(f"total time {time.monotonic() - started:.0f} s")
     return 0
 

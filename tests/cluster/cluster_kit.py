@@ -75,7 +75,8 @@ class Cluster:
 
     def _env(self, **settings: Any) -> dict[str, str]:
         base = dict(model=self.model_dir, media_roots=self.media_root, registry_url=self.redis.url,
-                    cluster_secret=self.secret, log_level="INFO", **FAST, **self.extra)
+                    cluster_secret=self.secret, log_level="INFO", **FAST)
+        base.update(self.extra)  # the cluster's own choices, then this process's
         base.update(settings)
         return worker_env(**base)
 
