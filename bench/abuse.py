@@ -102,9 +102,13 @@ async def drip(host: str, port: int, stop: asyncio.Event, stats: dict[str, int])
 
 
 async def hold_idle(host: str, port: int, count: int, stop: asyncio.Event, stats: dict[str, int]) -> None:
-    """Keep ``count`` idle connections open, re-opening each as the server closes it."""
+    """Keep ``count`` idle connections open, re-opening each as the server closes it.
+
+    Each connection just awaits the server's close (no timer per connection: thousands of timeouts a
+    second would cost this benchmark's event loop, which the well-behaved clients share, more than the
+    server); ``stop`` cancels them all."""
     async def one() -> None:
-        while not stop.is_set():
+        while True:
             try:
                 reader, writer = await asyncio.open_connection(host, port)
             except OSError:
@@ -113,18 +117,17 @@ async def hold_idle(host: str, port: int, count: int, stop: asyncio.Event, stats
                 continue
             stats["opened"] += 1
             try:
-                while not stop.is_set():
-                    try:
-                        data = await asyncio.wait_for(reader.read(1024), 1.0)
-                    except TimeoutError:
-                        continue
-                    if not data:
-                        stats["closed_by_server"] += 1
-                        break
+                while await reader.read(1024):
+                    pass
+                stats["closed_by_server"] += 1
             finally:
                 writer.close()
 
-    await asyncio.gather(*(one() for _ in range(count)))
+    holders = [asyncio.create_task(one()) for _ in range(count)]
+    await stop.wait()
+    for task in holders:
+        task.cancel()
+    await asyncio.gather(*holders, return_exceptions=True)
 
 
 async def measure(url: str, args: argparse.Namespace) -> dict[str, tuple]:
