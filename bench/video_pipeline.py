@@ -162,7 +162,9 @@ def bench_stages(clip: VideoFixture, settings: Settings, args: argparse.Namespac
 
     torch.set_num_threads(1)
     from fastvlm_engine.engine.batcher import Batcher
+    from fastvlm_engine.engine.kv import KVCapacity, kv_bytes_per_token
     from fastvlm_engine.engine.model import FastVLM
+    from fastvlm_engine.engine.scheduler import Scheduler
     from fastvlm_engine.engine.tiny import build_tiny_model
     from fastvlm_engine.engine.tiny_whisper import build_tiny_whisper
     from fastvlm_engine.engine.whisper import WhisperASR
@@ -181,7 +183,11 @@ def bench_stages(clip: VideoFixture, settings: Settings, args: argparse.Namespac
     reader = TesseractReader()
     if reader.unavailable_reason():
         print(f"  on-screen text skipped: {reader.unavailable_reason()}")
-    captions = Batcher(vlm.generate, max_batch_size=8, max_batch_wait_s=0.005).start()
+    # Frames go through the continuous-batching scheduler, as on a worker.
+    captions = Scheduler(vlm, KVCapacity(sequences=settings.engine_max_sequences,
+                                         context_tokens=settings.engine_max_context_tokens,
+                                         bytes_per_token=kv_bytes_per_token(vlm.model.config.text_config,
+                                                                            vlm.dtype))).start()
     speech = Batcher(asr.transcribe, max_batch_size=8, max_batch_wait_s=0.005, name="asr").start()
     safety = SafetyChecker()
     safety.load()
