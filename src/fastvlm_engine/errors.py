@@ -199,7 +199,8 @@ class InvalidRequest(RequestError):
 
 
 class InvalidTags(RequestError):
-    """An ``X-FastVLM-Tags`` header that is not a valid tag set: the message names the bad part."""
+    """An ``X-FastVLM-Tags`` header that is not a valid tag set (the message names the bad part), or one
+    on a request that becomes a queued job, which any worker may run."""
 
     code = "invalid_tags"
     http_status = 400

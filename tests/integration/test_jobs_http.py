@@ -138,6 +138,9 @@ def test_bad_requests_are_refused_at_once_in_queue_mode(queue_router):
     assert post(queue_router, b"{oops")[0] == 400
     assert post(queue_router, {"image_path": "coffee.jpg", "max_new_tokens": 10**6})[0] == 422
     assert post(queue_router, {"prompt": "no image"})[0] == 422
+    status, _, body = post(queue_router, {"image_path": "coffee.jpg"}, headers={"X-FastVLM-Tags": "gpu=big"})
+    assert status == 400 and body["error"]["code"] == "invalid_tags", body  # refused, not silently ignored
+    assert "queued job" in body["error"]["message"]
 
 
 def test_a_video_job_reports_its_stage_and_completes(queue_router):

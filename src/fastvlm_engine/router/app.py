@@ -113,6 +113,9 @@ def create_app(settings: Settings, state: RouterState | None = None) -> FastAPI:
     app.state.api_keys = api_keys
     if not api_keys:
         log.warning("no API keys configured (FASTVLM_API_KEYS): the API answers anyone who can reach it")
+    if settings.mode == "queue" and (settings.image_tags or settings.video_tags):
+        log.warning("FASTVLM_IMAGE_TAGS/FASTVLM_VIDEO_TAGS apply to synchronous requests only: in queue mode any "
+                    "worker that pulls may run a job")
     app.add_middleware(BodyLimitMiddleware, limit_for=settings.body_limit)
     app.add_middleware(RequestLifecycle, in_flight=state.in_flight)
     app.add_middleware(ShedMiddleware, state=state)  # inside the guard: keys and rate limits decide first

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import InvalidRequest, JobNotFound, QueueFull
+from ..errors import InvalidRequest, InvalidTags, JobNotFound, QueueFull
+from ..headers import TAGS_HEADER
 from ..intake.checks import check_options
 from ..intake.request import body_rules, intake_limits, read_media_request
 from ..intake.submission import MediaKind, MediaRequest
@@ -84,6 +85,9 @@ class DrainRate:
 async def submit_job(state: RouterState, request: Request, kind: MediaKind) -> Response:
     """Validate like sync mode, store the job durably, answer 202."""
     settings = state.settings
+    if request.headers.get(TAGS_HEADER) is not None:  # refused, not ignored: the job could run anywhere
+        raise InvalidTags(f"A queued job cannot require host tags ({TAGS_HEADER}): any worker that pulls from the "
+                          "job store may run it. Send the request synchronously to route it by tags.")
     with await read_media_request(request, kind, intake_limits(settings, kind), body_rules(settings)) as media:
         check_options(kind, media.options, settings)
         if media.path is not None and settings.media_roots:  # the same host's roots: check it now
