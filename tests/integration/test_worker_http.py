@@ -249,3 +249,35 @@ def test_invalid_configuration_stops_the_worker_with_the_setting_named(tmp_path,
     finally:
         proc.stop()
     assert "FASTVLM_MAX_QUEUE_SIZE" in proc.log()
+
+
+def test_a_chat_about_a_video_holds_a_video_slot_while_it_runs(worker):
+    """The router admits a chat with a video as a video; the worker must count it so too."""
+    boundary = "chat-boundary-7f3a"
+    chat = {"messages": [{"role": "user", "content": [{"type": "video", "path": "sample.mp4"},
+                                                      {"type": "text", "text": "What happens?"}]}],
+            "max_new_tokens": 8}
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"request\"\r\n"
+            f"Content-Type: application/json\r\n\r\n{json.dumps(chat)}\r\n--{boundary}--\r\n").encode()
+    seen: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            health = http("GET", worker.base_url + "/worker_health", timeout=5)[2]
+            seen.append((health["in_flight"], health["video_in_flight"]))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        status, _, answer = http("POST", worker.base_url + "/v1/chat/completions", body,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}, timeout=120)
+    finally:
+        done.set()
+        watcher.join(10)
+    assert status == 200, answer
+    assert (1, 1) in seen, seen  # one request, held as a video
+    assert all(videos <= held for held, videos in seen)
+    health = http("GET", worker.base_url + "/worker_health", timeout=5)[2]
+    assert (health["in_flight"], health["video_in_flight"]) == (0, 0)

@@ -128,6 +128,9 @@ async def chat_completions(request: Request) -> Response:
         deadline = time.monotonic() + deadline_s
         async with _deadline(deadline_s):
             with await chat.read_chat_request(request, service.settings) as upload:
+                if upload.has_video:  # as the router admitted it: the video pipeline runs first
+                    slot.release()
+                    slot = service.reserve("video")  # no await between: nobody takes the freed slot
                 prepared = await chat.prepare_chat(service, upload, deadline=deadline)
             if prepared.stream:
                 events = await chat.started_stream(chat.stream_chat(service, prepared, request_id_of(request)))

@@ -59,6 +59,11 @@ class ChatUpload:
     chat: CanonicalChat
     files: dict[str, FilePart] = field(default_factory=dict)
 
+    @property
+    def has_video(self) -> bool:
+        """Whether a turn carries a video (the request then runs the video pipeline, and holds a video slot)."""
+        return any(part.type == "video" for message in self.chat.messages for part in message.content)
+
     def close(self) -> None:
         for part in self.files.values():
             part.sink.close()
