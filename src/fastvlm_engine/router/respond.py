@@ -20,7 +20,7 @@ from ..web.upstream import OpenUpstream, end_to_end_headers
 from .admission import Lease
 from .state import RouterState
 
-__all__ = ["StreamFailure", "respond"]
+__all__ = ["ErrorEvents", "StreamFailure", "respond"]
 
 StreamFailure = Callable[[EngineError], bytes]
 """How a stream tells its client it failed: the last bytes it sends."""
@@ -50,10 +50,31 @@ async def respond(state: RouterState, lease: Lease, upstream: OpenUpstream, *,
         _finish(state, lease, succeeded)
 
 
+class ErrorEvents:
+    """Whether a relayed event stream carried an error event (native ``event: error`` or OpenAI's
+    ``data: {"error": ...}``): such a stream ends normally but is not a success. Events begin at a
+    line start; a marker split across chunks is found through the tail kept from the last one."""
+
+    _MARKERS = (b"\nevent: error\n", b'\ndata: {"error"')
+    _KEEP = max(map(len, _MARKERS)) - 1
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._tail = b"\n"  # the stream's start is a line start
+
+    def feed(self, chunk: bytes) -> None:
+        if self.seen:
+            return
+        window = self._tail + chunk
+        self.seen = any(marker in window for marker in self._MARKERS)
+        self._tail = window[-self._KEEP:]
+
+
 async def _relay(state: RouterState, lease: Lease, upstream: OpenUpstream,
                  stream_failure: StreamFailure) -> AsyncIterator[bytes]:
     """Pass a worker's event stream through as it arrives; a client that leaves closes it."""
     completed = False
+    errors = ErrorEvents()
     chunks = upstream.chunks()
     try:
         while True:
@@ -65,11 +86,12 @@ async def _relay(state: RouterState, lease: Lease, upstream: OpenUpstream,
                 return
             if chunk is None:
                 break
+            errors.feed(chunk)
             yield chunk
         completed = True
     finally:  # nothing awaited here: a client that left may have cancelled this generator
         upstream.close()
-        _finish(state, lease, completed and upstream.status == 200)
+        _finish(state, lease, completed and upstream.status == 200 and not errors.seen)
 
 
 def _finish(state: RouterState, lease: Lease, succeeded: bool) -> None:
