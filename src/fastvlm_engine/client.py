@@ -1027,10 +1027,10 @@ class AsyncJobHandle:
         return self.last or {}
 
 
-class ImageStream:
-    """Text deltas of a streamed /predict_image; ``document`` is the final response once it ended."""
+class _StreamView:
+    """What both stream classes show while and after they are read."""
 
-    def __init__(self, client: Client, call: _Call) -> None:
+    def __init__(self, client: Any, call: _Call) -> None:
         self._client = client
         self._call = call
         self._state = _StreamState(call.request_id)
@@ -1042,6 +1042,12 @@ class ImageStream:
     @property
     def text(self) -> str:
         return self._state.text
+
+
+class ImageStream(_StreamView):
+    """Text deltas of a streamed /predict_image; ``document`` is the final response once it ended."""
+
+    _client: Client
 
     def __iter__(self) -> Iterator[str]:
         response = self._client._open_stream(self._call)
@@ -1056,21 +1062,10 @@ class ImageStream:
             response.close()
 
 
-class AsyncImageStream:
+class AsyncImageStream(_StreamView):
     """AsyncClient's streamed /predict_image: ``async for delta in stream``."""
 
-    def __init__(self, client: AsyncClient, call: _Call) -> None:
-        self._client = client
-        self._call = call
-        self._state = _StreamState(call.request_id)
-
-    @property
-    def document(self) -> dict[str, Any] | None:
-        return self._state.document
-
-    @property
-    def text(self) -> str:
-        return self._state.text
+    _client: AsyncClient
 
     async def __aiter__(self) -> AsyncIterator[str]:
         response = await self._client._open_stream(self._call)
